@@ -1,0 +1,209 @@
+"""The training engine: recipes, schedules, determinism, checkpoint-resume, divergence, degradation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+from ablate.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.train import Epoch, Recipe, load_data, lr_at, make_recipe, resolve_device, train
+from ablate.variants import VariantSpec
+
+TINY = VariantSpec(depth=8, width=4)
+FAST = Recipe(epochs=3, batch_size=64, lr=0.05, schedule="cosine", val_size=128)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_data("synthetic", FAST)
+
+
+def timeless(history) -> list[dict]:
+    """Epoch records without the wall-clock fields, which differ between any two runs."""
+    return [{k: v for k, v in asdict(e).items() if k not in ("seconds", "images_per_second")} for e in history]
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        ({"epochs": 0}, "epochs: 0 is not valid"),
+        ({"lr": -0.1}, "lr: -0.1 is not valid"),
+        ({"lr": 0}, "lr: 0 is not valid"),
+        ({"momentum": 1.0}, "momentum: 1.0 is not valid"),
+        ({"schedule": "linear"}, "schedule: 'linear' is not valid; use one of constant, step, cosine, onecycle"),
+        ({"milestones": [0.75, 0.5]}, "milestones: [0.75, 0.5] is not valid"),
+        ({"augment": ["crop", "rotate"]}, "augment: 'rotate' is not valid; use a list of crop, flip"),
+        ({"augment": "crop"}, "augment: 'crop' is not valid; use a list such as"),
+        ({"batch_size": 1}, "batch_size: 1 is not valid"),
+        ({"batch_size": 12.5}, "batch_size: 12.5 is not valid"),
+        ({"train_subset": 0}, "train_subset: 0 is not valid"),
+        ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs: 5 is longer than training"),
+        ({"nesterov": True, "momentum": 0}, "nesterov: Nesterov momentum needs momentum > 0"),
+        ({"learning_rate": 0.1}, "learning_rate: unknown recipe key; valid keys: epochs, batch_size, lr"),
+        ({"lr": "fast"}, "lr: 'fast' is not valid"),
+        ({"resize": 4}, "resize: 4 is not valid"),
+    ],
+)
+def test_bad_recipes_name_the_key(table, expected):
+    with pytest.raises(ValueError) as info:
+        make_recipe(table)
+    assert expected in str(info.value)
+
+
+def test_recipe_lists_become_tuples():
+    r = make_recipe({"milestones": [0.3, 0.6], "augment": ["flip"]})
+    assert r.milestones == (0.3, 0.6) and r.augment == ("flip",)
+    hash(r)
+
+
+def test_schedules():
+    total, spe = 100, 10
+    step = Recipe(epochs=10, lr=0.1, schedule="step")
+    assert [lr_at(step, s, total, spe) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    const = Recipe(epochs=10, lr=0.3, schedule="constant")
+    assert {lr_at(const, s, total, spe) for s in range(total)} == {0.3}
+    cos = Recipe(epochs=10, lr=0.2, schedule="cosine")
+    assert lr_at(cos, 0, total, spe) == pytest.approx(0.2)
+    assert lr_at(cos, 50, total, spe) == pytest.approx(0.1)
+    assert lr_at(cos, 99, total, spe) < 0.001
+    one = Recipe(epochs=10, lr=0.4, schedule="onecycle")
+    lrs = [lr_at(one, s, total, spe) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.4 / 25)
+    assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 30
+    assert lrs[-1] < 1e-3
+    warm = Recipe(epochs=10, lr=0.1, schedule="step", warmup_epochs=1, warmup_lr=0.01)
+    assert [lr_at(warm, s, total, spe) for s in (0, 5, 10)] == pytest.approx([0.01, 0.055, 0.1])
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device: 'tpu' is not valid"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            resolve_device("cuda")
+
+
+# ---------------------------------------------------------------- one run
+
+
+def test_train_records_every_epoch(synthetic):
+    seen: list[Epoch] = []
+    result = train(TINY, FAST, synthetic, seed=0, callback=seen.append)
+    assert not result.diverged and result.reason is None
+    assert len(result.history) == 3 and list(result.history) == seen
+    assert [e.epoch for e in seen] == [1, 2, 3]
+    for e in seen:
+        assert 0 <= e.train_error <= 1 and 0 <= e.test_error <= 1 and 0 <= e.val_error <= 1
+        assert math.isfinite(e.train_loss) and e.seconds > 0 and e.images_per_second > 0
+        assert set(e.grad_norms) == {"stem", "stage1", "stage2", "stage3", "head"}
+        assert all(v > 0 and math.isfinite(v) for v in e.grad_norms.values())
+    assert seen[-1].lr < seen[0].lr  # cosine decays
+    # The synthetic set is learnable: a tiny net gets well below chance (90% error) in 3 epochs.
+    assert result.test_error < 0.6
+    assert result.params == sum(p.numel() for p in __import__("ablate.models", fromlist=["x"]).build_model(TINY, synthetic.info).parameters())
+    assert result.macs > 0 and result.device == "cpu"
+
+
+def test_same_seed_same_result_other_seed_other_result(synthetic):
+    a = train(TINY, replace(FAST, epochs=2), synthetic, seed=3)
+    b = train(TINY, replace(FAST, epochs=2), synthetic, seed=3)
+    c = train(TINY, replace(FAST, epochs=2), synthetic, seed=4)
+    assert timeless(a.history) == timeless(b.history)
+    assert timeless(a.history) != timeless(c.history)
+
+
+def test_callback_exceptions_propagate(synthetic):
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: Epoch) -> None:
+        raise Stop(epoch.epoch)
+
+    with pytest.raises(Stop):
+        train(TINY, FAST, synthetic, seed=0, callback=stop)
+
+
+def test_divergence_is_a_result_not_an_exception(synthetic):
+    absurd = replace(FAST, lr=1e4, schedule="constant", weight_decay=0.0)
+    result = train(TINY, absurd, synthetic, seed=0)
+    assert result.diverged
+    assert result.diverged_epoch == 1
+    assert "loss became" in result.reason and "epoch 1" in result.reason
+    assert result.history == ()
+
+
+def test_checkpoint_resume_gives_the_same_weights(tmp_path, synthetic):
+    recipe = replace(FAST, epochs=4, schedule="step")
+    full = train(TINY, recipe, synthetic, seed=7, checkpoint=tmp_path / "full.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(epoch: Epoch) -> None:
+        if epoch.epoch == 2:  # the checkpoint of epoch 2 is on disk when the callback runs
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(TINY, recipe, synthetic, seed=7, checkpoint=tmp_path / "cut.pt", callback=kill_after_2)
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["epoch"] == 2
+    resumed = train(TINY, recipe, synthetic, seed=7, checkpoint=tmp_path / "cut.pt")
+    assert resumed.resumed_from == 2
+    assert timeless(resumed.history) == timeless(full.history)
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # A finished checkpoint resumes to the finished result without training again.
+    again = train(TINY, recipe, synthetic, seed=7, checkpoint=tmp_path / "full.pt")
+    assert again.resumed_from == 4 and timeless(again.history) == timeless(full.history)
+
+
+def test_the_recipe_must_describe_the_data(synthetic):
+    with pytest.raises(ValueError, match="val_size: the recipe holds out 0 examples but the data has 128"):
+        train(TINY, replace(FAST, val_size=0), synthetic)
+    with pytest.raises(ValueError, match="train_subset: the recipe asks for 100 examples but the data has 1920"):
+        train(TINY, replace(FAST, train_subset=100), synthetic)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, synthetic):
+    train(TINY, replace(FAST, epochs=1), synthetic, seed=0, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="belongs to another run"):
+        train(TINY, replace(FAST, epochs=1), synthetic, seed=1, checkpoint=tmp_path / "c.pt")
+
+
+def test_resize_trains_at_another_resolution(synthetic):
+    result = train(TINY, replace(FAST, epochs=1, resize=24), synthetic, seed=0)
+    small = train(TINY, replace(FAST, epochs=1), synthetic, seed=0)
+    assert result.macs == pytest.approx(small.macs * (24 / 16) ** 2, rel=0.01)
+
+
+# ---------------------------------------------------------------- the degradation problem, measured
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_degradation_on_real_fashion_mnist():
+    """He et al. 2016, Figure 6 in two minutes: deeper plain nets train worse; shortcuts fix it.
+
+    Width-8 CIFAR-stem nets, 8192 real Fashion-MNIST images, 2 epochs on the CPU.
+    """
+    recipe = Recipe(epochs=2, batch_size=128, lr=0.1, schedule="onecycle", augment=(), train_subset=8192)
+    data = load_data("fashion-mnist", recipe)
+    error = {
+        (c, d): train(VariantSpec(connection=c, depth=d, width=8), recipe, data, seed=0).train_error
+        for c, d in (("plain", 8), ("plain", 32), ("residual", 32))
+    }
+    assert error["plain", 32] > error["plain", 8] + DEGRADATION_MARGIN, error
+    assert error["residual", 32] < error["plain", 32] - DEGRADATION_MARGIN, error
+
+
+DEGRADATION_MARGIN = 0.03  # three percentage points of training error
