@@ -75,10 +75,160 @@ def variants(
             r["shortcut"] or "-", str(r["stem"]), str(r["width"]), "-".join(map(str, r["blocks"])),
             human(r["params"]), human(r["macs"]),
         )
+    _console().print(table)
+
+
+StorageOpt = Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the Optuna storage.")]
+DEFAULT_STORAGE = "sqlite:///ablate.db"
+
+
+def _print_summary(rows: list[dict[str, object]], title: str) -> None:
+    from ablate.driver import fmt_error
+
+    table = Table(title=title)
+    for col in ("variant", "params", "MACs", "train error", "test error", "runs", "best hyperparameters", "ok/failed/pruned"):
+        table.add_column(col, justify="right" if col in ("params", "MACs", "runs") else "left")
+    for r in rows:
+        best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best"].items()) or "-"
+        table.add_row(
+            str(r["variant"]), human(r["params"]), human(r["macs"]),
+            fmt_error(r["train_error"], r["train_error_std"]), fmt_error(r["test_error"], r["test_error_std"]),
+            str(r["runs"]), best, f"{r['complete']}/{r['failed']}/{r['pruned']}",
+        )
+    _console().print(table)
+
+
+def _console() -> Console:
     out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)  # piped: do not squeeze the table into 80 columns
-    out.print(table)
+    return out if out.is_terminal else Console(width=200)  # piped: do not squeeze tables into 80 columns
+
+
+class _Display:
+    """The progress of a run on a terminal: units done with ETA, the current trial's epochs."""
+
+    def __init__(self, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not enabled,
+        )
+        self.units = self.bar.add_task("trials done", total=None)
+        self.trial = self.bar.add_task("", total=None, visible=False)
+
+    def hooks(self):
+        from ablate.driver import Progress
+
+        def on_start(total: int, done: int) -> None:
+            self.bar.update(self.units, total=total, completed=done)
+
+        def on_trial(unit, epochs: int) -> None:
+            self.bar.reset(self.trial, total=epochs, visible=True, description=f"{unit.variant.name} {unit.kind} #{unit.index} (seed {unit.seed}) epoch")
+
+        def on_epoch(unit, epoch) -> None:
+            self.bar.update(self.trial, completed=epoch.epoch,
+                            description=f"{unit.variant.name} {unit.kind} #{unit.index} (seed {unit.seed}) test {100 * epoch.test_error:.1f}% epoch")
+
+        def on_finish(unit, trial) -> None:
+            self.bar.advance(self.units)
+            state = trial.state.name.lower()
+            what = trial.user_attrs.get("failure") or (f"test error {100 * trial.value:.2f}%" if trial.value is not None else "")
+            self.bar.console.print(f"{unit.key}: {state} {what}", highlight=False, soft_wrap=True)
+
+        def on_wait(running: int) -> None:
+            self.bar.update(self.trial, visible=True, description=f"waiting for {running} trial(s) running elsewhere", total=None)
+
+        return Progress(on_start=on_start, on_trial=on_trial, on_epoch=on_epoch, on_finish=on_finish, on_wait=on_wait)
+
+
+@app.command()
+def run(
+    study: Annotated[Path, typer.Argument(help="Study file (TOML).", show_default=False)],
+    storage: StorageOpt = DEFAULT_STORAGE,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="ABLATE_DATA", help="Where datasets are read and downloaded [default: ~/.cache/ablate/data].")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Per-epoch checkpoints for resuming [default: beside the SQLite file].")] = None,
+    grace_period: Annotated[int, typer.Option("--grace-period", help="Seconds without heartbeat after which a running trial is taken for dead and retried.")] = 30,
+) -> None:
+    """Train every variant of a study under Optuna and store every trial (resumes where it stopped)."""
+    import optuna
+
+    from ablate.data import DataError
+    from ablate.driver import DriverError, run_study, summary_rows
+
+    s = _load(study)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are recorded and shown by ablate
+    display = _Display(enabled=err.is_terminal)
+    try:
+        with display.bar:
+            ostudy = run_study(s, storage, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir, progress=display.hooks(), grace=grace_period)
+    except (DriverError, DataError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same command again to resume where it stopped", code=130) from None
+    _print_summary(summary_rows(ostudy), f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
+    print(f"storage: {storage} (study {s.name!r}); inspect with: ablate show {s.name} --storage {storage}  |  ablate dashboard --storage {storage}")
+
+
+@app.command()
+def show(
+    study: Annotated[str, typer.Argument(help="Study name in the storage.", show_default=False)],
+    storage: StorageOpt = DEFAULT_STORAGE,
+) -> None:
+    """The summary table of one study."""
+    from ablate.driver import DriverError, load, study_progress, summary_rows
+
+    try:
+        ostudy = load(study, storage)
+    except DriverError as exc:
+        raise fail(str(exc)) from None
+    p = study_progress(ostudy)
+    _print_summary(summary_rows(ostudy), f"{study} on {p['dataset']}: {p['done']}/{p['units']} trials done; error mean ± std over seeds")
+
+
+@app.command("ls")
+def ls(storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """The studies in a storage, with their progress."""
+    import optuna
+
+    from ablate.driver import DriverError, open_storage, study_progress
+
+    try:
+        st = open_storage(storage)
+        studies = [optuna.load_study(study_name=n, storage=st) for n in optuna.get_all_study_names(st)]
+    except DriverError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"studies in {storage}")
+    for col in ("study", "dataset", "variants", "done", "running", "failed", "pruned", "started"):
+        table.add_column(col)
+    for o in studies:
+        p = study_progress(o)
+        table.add_row(p["study"], str(p["dataset"]), str(p["variants"]), f"{p['done']}/{p['units']}", str(p["running"]),
+                      str(p["failed"]), str(p["pruned"]), p["started"].strftime("%Y-%m-%d %H:%M") if p["started"] else "-")
+    _console().print(table)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard for a storage on 127.0.0.1."""
+    from optuna_dashboard import run_server
+
+    from ablate.driver import DriverError, open_storage
+
+    try:
+        st = open_storage(storage)
+    except DriverError as exc:
+        raise fail(str(exc)) from None
+    print(f"optuna-dashboard for {storage} at http://127.0.0.1:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        run_server(st, host="127.0.0.1", port=port)
+    except OSError as exc:
+        raise fail(f"--port: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose another port") from None
+    except KeyboardInterrupt:
+        pass
 
 
 def version_callback(value: bool) -> None:

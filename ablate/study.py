@@ -7,6 +7,7 @@ what would be valid.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import tomllib
@@ -15,9 +16,48 @@ from pathlib import Path
 from typing import Any
 
 from ablate.data import DATASETS, DatasetInfo, dataset_info
+from ablate.train import Recipe, make_recipe
 from ablate.variants import AXES, VariantSpec, make_variant
 
-TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant")
+TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds")
+#: Recipe keys a [search] may tune, and how: the data and the budget (epochs) stay fixed so that
+#: every variant and every trial is measured on the same footing.
+SEARCHABLE = {
+    "lr": "float", "momentum": "float", "weight_decay": "float", "label_smoothing": "float",
+    "warmup_epochs": "float", "warmup_lr": "float", "gamma": "float",
+    "batch_size": "int", "schedule": "choice", "nesterov": "choice",
+}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One tuned recipe key: a range (`low`..`high`, `log` scale) or a list of `choices`."""
+
+    key: str
+    kind: str  # "float" | "int" | "choice"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"choices": list(self.choices)}
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class Search:
+    trials: int  # per variant: every variant gets the same budget
+    space: tuple[SearchParam, ...]
+    sampler: str = "tpe"
+    pruner: str = "none"
+
+    def describe(self) -> dict[str, Any]:
+        return {"trials": self.trials, "space": {p.key: p.describe() for p in self.space},
+                "sampler": self.sampler, "pruner": self.pruner}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -33,6 +73,9 @@ class Study:
     variants: tuple[VariantSpec, ...]
     source: str  # the study file's text, stored with every run so it can be reproduced
     path: str
+    recipe: Recipe = Recipe()
+    search: Search | None = None
+    seeds: int = 1  # final runs per variant (of its best searched recipe, when searched)
 
     @property
     def info(self) -> DatasetInfo:
@@ -136,7 +179,103 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         _check_axes(where, f"[[variant]] #{i}", table)
 
     variants = expand_variants(where, fixed, grid, extra)
-    return Study(name=name, description=description, dataset=dataset, variants=variants, source=text, path=path)
+
+    train = doc.get("train", {})
+    _expect(where, "train", train, dict, "a table [train] of recipe keys")
+    try:
+        recipe = make_recipe(train)
+    except ValueError as exc:
+        raise StudyError(f"{where}: train.{exc}") from None
+    if recipe.train_subset is not None and recipe.train_subset + recipe.val_size > DATASETS[dataset].train_size:
+        raise StudyError(
+            f"{where}: train.train_subset: {recipe.train_subset} examples (+ {recipe.val_size} for validation) is more "
+            f"than {dataset}'s {DATASETS[dataset].train_size} training examples; lower it or leave it out"
+        )
+    if recipe.val_size >= DATASETS[dataset].train_size:
+        raise StudyError(f"{where}: train.val_size: {recipe.val_size} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
+    search = _parse_search(where, doc.get("search"), recipe)
+
+    seeds_table = doc.get("seeds", {})
+    _expect(where, "seeds", seeds_table, dict, "a table [seeds] with count = N")
+    for key in seeds_table:
+        if key != "count":
+            raise StudyError(f"{where}: seeds.{key}: unknown key; [seeds] has only count")
+    seeds = seeds_table.get("count", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise StudyError(f"{where}: seeds.count: expected a positive integer (runs per variant), got {seeds!r}")
+    return Study(
+        name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
+        recipe=recipe, search=search, seeds=seeds,
+    )
+
+
+def _parse_search(where: str, table: Any, recipe: Recipe) -> Search | None:
+    if table is None:
+        return None
+    _expect(where, "search", table, dict, "a table [search]")
+    if "trials" not in table:
+        raise StudyError(f"{where}: search.trials: missing; give the number of trials per variant, e.g. trials = 8")
+    trials = table["trials"]
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise StudyError(f"{where}: search.trials: expected a positive integer (trials per variant), got {trials!r}")
+    sampler = table.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise StudyError(f"{where}: search.sampler: {sampler!r} is not valid; use one of {', '.join(SAMPLERS)}")
+    pruner = table.get("pruner", "none")
+    if pruner not in PRUNERS:
+        raise StudyError(f"{where}: search.pruner: {pruner!r} is not valid; use one of {', '.join(PRUNERS)}")
+    space = []
+    for key, spec in table.items():
+        if key in ("trials", "sampler", "pruner"):
+            continue
+        if key not in SEARCHABLE:
+            raise StudyError(
+                f"{where}: search.{key}: not a searchable recipe key; search one of {', '.join(SEARCHABLE)} "
+                "(or set trials, sampler, pruner)"
+            )
+        space.append(_search_param(where, key, spec, recipe))
+    if not space:
+        raise StudyError(f"{where}: search: nothing to search; add a range such as lr = {{ low = 0.01, high = 0.4, log = true }}")
+    return Search(trials=trials, space=tuple(space), sampler=sampler, pruner=pruner)
+
+
+def _search_param(where: str, key: str, spec: Any, recipe: Recipe) -> SearchParam:
+    kind = SEARCHABLE[key]
+    at = f"{where}: search.{key}"
+    example = "{ choices = [...] }" if kind == "choice" else "{ low = ..., high = ..., log = true }"
+    _expect(where, f"search.{key}", spec, dict, f"a table such as {key} = {example}")
+    allowed = {"choices"} if kind == "choice" else {"low", "high", "log"}
+    for k in spec:
+        if k not in allowed:
+            raise StudyError(f"{at}.{k}: unknown key; a {kind} range has {', '.join(sorted(allowed))}")
+    if kind == "choice":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise StudyError(f"{at}.choices: expected a non-empty list of values")
+        param = SearchParam(key, kind, choices=tuple(choices))
+        values = choices
+    else:
+        if "low" not in spec or "high" not in spec:
+            raise StudyError(f"{at}: give both low and high, e.g. {key} = {example}")
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        number = int if kind == "int" else (int, float)
+        for k, v in (("low", low), ("high", high)):
+            if isinstance(v, bool) or not isinstance(v, number):
+                raise StudyError(f"{at}.{k}: expected {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+        if not isinstance(log, bool):
+            raise StudyError(f"{at}.log: expected true or false, got {log!r}")
+        if not low < high:
+            raise StudyError(f"{at}: low ({low}) must be less than high ({high})")
+        if log and low <= 0:
+            raise StudyError(f"{at}: a log-scale range needs low > 0, got {low}")
+        param = SearchParam(key, kind, low=float(low) if kind == "float" else low, high=float(high) if kind == "float" else high, log=log)
+        values = [low, high]
+    for v in values:  # every end of the range must make a valid recipe
+        try:
+            dataclasses.replace(recipe, **{key: v})  # Recipe validates itself
+        except (ValueError, TypeError) as exc:
+            raise StudyError(f"{at}: {v!r} would not be a valid recipe: {exc}") from None
+    return param
 
 
 def load_study(path: str | Path) -> Study:

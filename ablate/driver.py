@@ -1,0 +1,603 @@
+"""The study driver: a study file becomes one Optuna study of trained variants in RDB storage.
+
+Optuna organises everything (docs/storage.md says what is stored): each *unit* of work (a
+variant's search trial, or one of its final seeded runs) is one trial, enqueued with its fixed
+params (the variant's axes, the seed) and run by `study.optimize(n_trials=1)`, which brings
+Optuna's heartbeat, failure recording and pruning. Resuming is reading the storage: units with
+a finished trial are done; a trial left RUNNING by a killed process goes stale, Optuna's
+heartbeat fails it and enqueues a retry, and the retry resumes from the unit's checkpoint.
+Several processes (on several machines, with PostgreSQL) can run the same study: they share the
+storage and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from ablate import __version__
+from ablate.study import Study
+from ablate.train import Epoch, Recipe, load_data, resolve_device, train
+from ablate.variants import VariantSpec
+
+DEFAULT_STORAGE = "sqlite:///ablate.db"
+GRACE_SECONDS = 30  # a RUNNING trial whose heartbeat is older than this is stale (its process died)
+
+
+
+def _quiet_experimental(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Heartbeats and stale-trial retries are marked experimental in Optuna; they are what we need."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class DriverError(Exception):
+    """A problem with the storage or a stored study; the message says how to fix it."""
+
+
+class TrialFailed(Exception):
+    """Raised inside a trial so Optuna records it as FAIL (after `failure` is set)."""
+
+
+# ---------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class Unit:
+    variant: VariantSpec
+    kind: str  # "search" | "final"
+    index: int
+
+    @property
+    def seed(self) -> int:
+        # Search trials share seed 0, so hyperparameters are compared on one initialisation; final
+        # runs use fresh seeds 1..count, so a variant's reported error is not the best of its search.
+        return 0 if self.kind == "search" else self.index + 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.name}/{self.kind}/{self.index}"
+
+
+def study_units(study: Study) -> list[Unit]:
+    """Every unit, variant by variant: its search trials, then its final runs."""
+    units = []
+    for spec in study.variants:
+        if study.search is not None:
+            units += [Unit(spec, "search", i) for i in range(study.search.trials)]
+        units += [Unit(spec, "final", i) for i in range(study.seeds)]
+    return units
+
+
+# ---------------------------------------------------------------- what a trial's params are
+
+
+def _scalar(value: Any) -> Any:
+    """Recipe values as Optuna params: tuples become strings ("crop+flip")."""
+    if isinstance(value, tuple):
+        return "+".join(map(str, value)) or "none"
+    return value
+
+
+def axis_params(spec: VariantSpec) -> dict[str, Any]:
+    return {
+        "connection": spec.connection, "activation": spec.activation, "block": spec.block,
+        "depth": spec.depth, "shortcut": spec.shortcut or "none", "stem": spec.stem,
+        "width": spec.width, "blocks": "-".join(map(str, spec.blocks)),
+    }
+
+
+def distributions(study: Study) -> dict[str, BaseDistribution]:
+    """One distribution per param over the whole study, so every trial's params are compatible
+    and the dashboard's slice / parallel-coordinate / importance plots span the ablation axes."""
+    dists: dict[str, BaseDistribution] = {}
+    axes = [axis_params(s) for s in study.variants]
+    for key in ("connection", "activation", "block", "shortcut", "stem", "blocks"):
+        dists[key] = CategoricalDistribution(sorted({a[key] for a in axes}))
+    for key in ("depth", "width"):
+        dists[key] = IntDistribution(min(a[key] for a in axes), max(a[key] for a in axes))
+    searched = {p.key: p for p in (study.search.space if study.search else ())}
+    for f in dataclasses.fields(Recipe):
+        value = getattr(study.recipe, f.name)
+        if f.name in searched:
+            p = searched[f.name]
+            if p.kind == "choice":
+                dists[f.name] = CategoricalDistribution(list(p.choices))
+            elif p.kind == "int":
+                dists[f.name] = IntDistribution(p.low, p.high, log=p.log)
+            else:
+                dists[f.name] = FloatDistribution(p.low, p.high, log=p.log)
+        elif value is None:
+            continue
+        elif isinstance(value, (bool, str, tuple)):
+            dists[f.name] = CategoricalDistribution([_scalar(value)])
+        elif isinstance(value, int):
+            dists[f.name] = IntDistribution(value, value)
+        else:
+            dists[f.name] = FloatDistribution(value, value)
+    dists["seed"] = IntDistribution(0, study.seeds)
+    return dists
+
+
+def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The params known before a unit runs: everything but the searched values of a search trial."""
+    params = {**axis_params(unit.variant), "seed": unit.seed}
+    searched = {p.key for p in study.search.space} if study.search else set()
+    for f in dataclasses.fields(Recipe):
+        value = getattr(study.recipe, f.name)
+        if f.name in searched:
+            if unit.kind == "final":
+                params[f.name] = best[f.name] if best is not None else value
+        elif value is not None:
+            params[f.name] = _scalar(value)
+    return params
+
+
+def trial_recipe(study: Study, params: dict[str, Any]) -> Recipe:
+    searched = {p.key for p in study.search.space} if study.search else set()
+    return dataclasses.replace(study.recipe, **{k: params[k] for k in searched if k in params})
+
+
+def definition(study: Study) -> str:
+    """Canonical JSON of everything that decides the results; a re-run must match it."""
+    return json.dumps({
+        "dataset": study.dataset,
+        "variants": [s.axes() for s in study.variants],
+        "recipe": recipe_dict(study.recipe),
+        "search": study.search.describe() if study.search else None,
+        "seeds": study.seeds,
+    }, sort_keys=True)
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    v = {"ablate": __version__, "python": platform.python_version(), "torch": torch.__version__,
+         "torchvision": torchvision.__version__, "optuna": optuna.__version__}
+    if torch.cuda.is_available():
+        v["cuda"] = str(torch.version.cuda)
+        v["gpu"] = torch.cuda.get_device_name()
+    return v
+
+
+# ---------------------------------------------------------------- fairness: per-variant sampling and pruning
+
+
+def _same_variant(study: optuna.Study, trial: FrozenTrial, states: tuple[TrialState, ...]) -> optuna.Study:
+    """An in-memory copy of `study` holding only the finished search trials of `trial`'s variant."""
+    variant = trial.user_attrs.get("variant")
+    shadow = optuna.create_study(direction="minimize")
+    shadow.add_trials(
+        t for t in study.get_trials(deepcopy=False, states=states)
+        if t.user_attrs.get("variant") == variant and t.user_attrs.get("kind") == "search"
+    )
+    return shadow
+
+
+class PerVariantSampler(optuna.samplers.BaseSampler):
+    """Samples a variant's searched values from that variant's trials alone.
+
+    One Optuna study holds every variant (so the dashboard can plot the ablation axes), but a
+    learning rate that suits residual nets must not steer the search of the plain ones: each
+    variant gets the same budget and its own TPE (or random) search.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler):
+        self._inner = inner
+
+    def infer_relative_search_space(self, study, trial):  # noqa: D102 (independent sampling only)
+        return {}
+
+    def sample_relative(self, study, trial, search_space):  # noqa: D102
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
+        shadow = _same_variant(study, trial, (TrialState.COMPLETE, TrialState.PRUNED))
+        return self._inner.sample_independent(shadow, trial, param_name, param_distribution)
+
+
+class PerVariantPruner(optuna.pruners.BasePruner):
+    """Prunes a search trial only against the same variant's completed search trials: a plain
+    net is never stopped for being worse than a residual one."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner):
+        self._inner = inner
+
+    def prune(self, study, trial):  # noqa: D102
+        return self._inner.prune(_same_variant(study, trial, (TrialState.COMPLETE,)), trial)
+
+
+def _sampler(study: Study) -> optuna.samplers.BaseSampler:
+    if study.search is None or study.search.sampler == "random":
+        inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler()
+    else:
+        inner = optuna.samplers.TPESampler(n_startup_trials=max(2, study.search.trials // 3))
+    return PerVariantSampler(inner)
+
+
+def _pruner(study: Study) -> optuna.pruners.BasePruner:
+    if study.search is None or study.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return PerVariantPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+
+
+# ---------------------------------------------------------------- storage
+
+
+def heartbeat_for(grace: int) -> int:
+    return max(1, grace // 3)
+
+
+def storage_for_run(url: str, grace: int = GRACE_SECONDS) -> optuna.storages.RDBStorage:
+    """RDB storage with Optuna's heartbeat: stale trials are failed and retried with their params."""
+    return _open(url, grace=grace)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """RDB storage for reading (ls, show, report, dashboard)."""
+    return _open(url, grace=None)
+
+
+@_quiet_experimental
+def _open(url: str, grace: int | None) -> optuna.storages.RDBStorage:
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:
+        raise DriverError(f"--storage: {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not Path(database).expanduser().parent.exists():
+            raise DriverError(f"--storage: the folder of {database} does not exist; create it or choose another path")
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if grace is not None:
+        kwargs.update(
+            heartbeat_interval=heartbeat_for(grace), grace_period=grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise DriverError(f"--storage: {url}: the database driver is not installed ({exc.name}); install it or use SQLite") from None
+    except Exception as exc:  # SQLAlchemy and Optuna errors: connection refused, bad schema, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DriverError(f"--storage: cannot open {url}: {first}") from None
+
+
+def _display_url(url: str) -> str:
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+# ---------------------------------------------------------------- progress of a study in storage
+
+
+@dataclass(frozen=True)
+class UnitState:
+    done: dict[str, FrozenTrial]  # unit key -> its finished trial (COMPLETE, PRUNED or recorded FAIL)
+    in_flight: set[str]  # units with a WAITING or RUNNING trial
+    interrupted: dict[str, FrozenTrial]  # units whose last attempt was killed (FAIL without a reason)
+
+
+def unit_state(trials: list[FrozenTrial]) -> UnitState:
+    done: dict[str, FrozenTrial] = {}
+    in_flight: set[str] = set()
+    interrupted: dict[str, FrozenTrial] = {}
+    for t in trials:
+        key = t.user_attrs.get("unit")
+        if key is None:
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "failure" in t.user_attrs):
+            done.setdefault(key, t)
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+            in_flight.add(key)
+        elif t.state == TrialState.FAIL:
+            interrupted[key] = t
+    return UnitState(done, in_flight - set(done), {k: t for k, t in interrupted.items() if k not in done})
+
+
+def best_search_trial(trials: list[FrozenTrial], variant: str) -> FrozenTrial | None:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("variant") == variant
+                and t.user_attrs.get("kind") == "search"]
+    # With a validation split the choice is made on it, so the test set never picks hyperparameters.
+    def score(t: FrozenTrial) -> tuple[float, int]:
+        val = t.user_attrs.get("val_error")
+        return (val if val is not None else t.value, t.number)
+
+    return min(complete, key=score) if complete else None
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Progress:
+    """What the run reports as it goes; the CLI draws it (or not, when not on a terminal)."""
+
+    on_start: Callable[[int, int], None] = lambda total, done: None  # units in all, already done
+    on_trial: Callable[[Unit, int], None] = lambda unit, epochs: None  # a unit starts (epochs in it)
+    on_epoch: Callable[[Unit, Epoch], None] = lambda unit, epoch: None
+    on_finish: Callable[[Unit, FrozenTrial], None] = lambda unit, trial: None
+    on_wait: Callable[[int], None] = lambda running: None  # units running elsewhere; waiting for them
+
+
+def checkpoint_dir_for(storage_url: str) -> Path:
+    """Beside a SQLite file; under the user's cache for server storages."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(storage_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        db = Path(parsed.database).expanduser().absolute()
+        return db.parent / f"{db.name}.checkpoints"
+    return Path("~/.cache/ablate/checkpoints").expanduser()
+
+
+def run_study(
+    study: Study,
+    storage_url: str = DEFAULT_STORAGE,
+    *,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    download: bool = True,
+    grace: int = GRACE_SECONDS,
+) -> optuna.Study:
+    """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
+
+    `grace`: seconds after which a RUNNING trial without heartbeat is taken for dead and retried.
+    """
+    progress = progress or Progress()
+    dev = resolve_device(device)
+    if grace < 2:
+        raise ValueError(f"--grace-period: {grace} is too short; use at least 2 seconds (default {GRACE_SECONDS})")
+    storage = storage_for_run(storage_url, grace)
+    ostudy = _create_or_check(study, storage)
+    # The data first: a missing dataset is an error before anything is trained.
+    data = load_data(study.dataset, study.recipe, device=dev, data_dir=data_dir, download=download)
+    units = study_units(study)
+    by_key = {u.key: u for u in units}
+    dists = distributions(study)
+    ckpt_root = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint_dir_for(storage_url)
+    ckpt_dir = ckpt_root / study.name
+    env = versions()
+
+    def objective(trial: optuna.Trial) -> float:
+        unit = by_key[trial.user_attrs["unit"]]
+        params = {name: _suggest(trial, name, dist) for name, dist in dists.items()}
+        recipe = trial_recipe(study, params)
+        trial.set_user_attr("recipe", recipe_dict(recipe))
+        trial.set_user_attr("device", str(dev) if dev.type == "cpu" else f"{dev.type}:{torch.cuda.current_device()}")
+        trial.set_user_attr("versions", env)
+        tag = hashlib.sha1(f"{recipe!r}/{unit.seed}".encode()).hexdigest()[:10]
+        ckpt = ckpt_dir / f"{unit.key.replace('/', '_')}-{tag}.pt"
+        history: list[dict[str, Any]] = []
+        reported: set[int] = set()
+
+        def on_epoch(e: Epoch) -> None:
+            trial.report(e.test_error, e.epoch)
+            reported.add(e.epoch)
+            history.append(dataclasses.asdict(e))
+            trial.set_user_attr("history", history)  # live: a report of a running study shows it
+            progress.on_epoch(unit, e)
+            if unit.kind == "search" and trial.should_prune():
+                raise optuna.TrialPruned(f"test error {e.test_error:.4f} at epoch {e.epoch} is worse than the variant's median")
+
+        progress.on_trial(unit, recipe.epochs)
+        start = time.perf_counter()
+        try:
+            result = train(unit.variant, recipe, data, device=dev, seed=unit.seed, callback=on_epoch, checkpoint=ckpt)
+        except optuna.TrialPruned:
+            ckpt.unlink(missing_ok=True)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:2000])
+            ckpt.unlink(missing_ok=True)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+        history[:] = [dataclasses.asdict(e) for e in result.history]  # restored epochs included
+        for e in result.history:  # epochs restored from a checkpoint were reported by the killed trial
+            if e.epoch not in reported:
+                trial.report(e.test_error, e.epoch)
+        attrs = {
+            "params": result.params, "macs": result.macs, "history": history,
+            "train_error": result.train_error, "test_error": result.test_error,
+            "val_error": result.final.val_error if result.final else None,
+            "images_per_second": result.images_per_second, "seconds": time.perf_counter() - start,
+            "resumed_from": result.resumed_from,
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        ckpt.unlink(missing_ok=True)
+        if result.diverged:
+            trial.set_user_attr("failure", f"diverged: {result.reason}")
+            trial.set_user_attr("diverged_epoch", result.diverged_epoch)
+            raise TrialFailed(result.reason)
+        return result.test_error
+
+    def finished(_: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("unit") in by_key:
+            progress.on_finish(by_key[trial.user_attrs["unit"]], trial)
+
+    first = True
+    while True:
+        _quiet_experimental(optuna.storages.fail_stale_trials)(ostudy)  # a killed run's trials: FAIL, and a WAITING retry
+        trials = ostudy.get_trials(deepcopy=False)
+        state = unit_state(trials)
+        if first:
+            progress.on_start(len(units), len(state.done))
+            first = False
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        pending = [u for u in units if u.key not in state.done and u.key not in state.in_flight]
+        runnable = [u for u in pending if u.kind == "search" or _search_finished(u, units, state)]
+        if not waiting and runnable:  # nothing queued: queue the next unit
+            unit = runnable[0]
+            previous = state.interrupted.get(unit.key)
+            if previous is not None:  # interrupted (Ctrl-C): same params, so its checkpoint resumes
+                params = dict(previous.params)
+            else:
+                best = best_search_trial(trials, unit.variant.name) if unit.kind == "final" and study.search else None
+                if unit.kind == "final" and study.search and best is None:
+                    _record_impossible(ostudy, study, unit, dists)
+                    continue
+                params = fixed_params(study, unit, best.params if best else None)
+            ostudy.enqueue_trial(params, user_attrs={
+                "unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index, "seed": unit.seed,
+            })
+        if waiting or runnable:  # run the oldest queued trial, whichever process queued it
+            ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[finished])
+            continue
+        if state.in_flight:  # running elsewhere (or a killed run's trial not yet stale): wait
+            progress.on_wait(len(state.in_flight))
+            time.sleep(heartbeat_for(grace))
+            continue
+        return ostudy
+
+
+def _search_finished(unit: Unit, units: list[Unit], state: UnitState) -> bool:
+    """A variant's final runs wait for all of its search trials."""
+    return all(u.key in state.done for u in units if u.variant == unit.variant and u.kind == "search")
+
+
+def _record_impossible(ostudy: optuna.Study, study: Study, unit: Unit, dists: dict[str, BaseDistribution]) -> None:
+    """Every search trial of a variant failed: its final runs are recorded as failed, with why."""
+    params = fixed_params(study, unit, None)
+    ostudy.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params=params, distributions={k: dists[k] for k in params},
+        user_attrs={"unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index,
+                    "seed": unit.seed, "failure": "no search trial of this variant completed, so there is no recipe to repeat"},
+    ))
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+    assert isinstance(dist, FloatDistribution)
+    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+
+
+def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    ostudy = optuna.create_study(
+        study_name=study.name, storage=storage, direction="minimize", load_if_exists=True,
+        sampler=_sampler(study), pruner=_pruner(study),
+    )
+    mine = definition(study)
+    stored = ostudy.user_attrs.get("definition")
+    if stored is None:
+        from ablate.models import measure
+
+        rows = []
+        for spec in study.variants:
+            params, macs = measure(spec, study.info if study.recipe.resize is None else dataclasses.replace(study.info, size=study.recipe.resize))
+            rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs})
+        attrs = {
+            "ablate_version": __version__, "study_file": study.source, "study_path": study.path,
+            "description": study.description, "dataset": study.dataset, "definition": mine,
+            "variants": rows, "recipe": recipe_dict(study.recipe),
+            "search": study.search.describe() if study.search else None,
+            "seeds": study.seeds, "units": len(study_units(study)),
+        }
+        for k, v in attrs.items():
+            ostudy.set_user_attr(k, v)
+    elif stored != mine:
+        old, new = json.loads(stored), json.loads(mine)
+        differs = ", ".join(k for k in sorted(new) if old.get(k) != new.get(k))
+        raise DriverError(
+            f"the storage already holds a study named {study.name!r} made from a different study file "
+            f"(it differs in: {differs}); rename the study (name = ...) or use another --storage"
+        )
+    return ostudy
+
+
+# ---------------------------------------------------------------- summaries (run, show, ls)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summary_rows(ostudy: optuna.Study) -> list[dict[str, Any]]:
+    """One row per variant: params, MACs, final runs' train and test error (mean, std, n), best
+    searched values, and trial counts."""
+    trials = ostudy.get_trials(deepcopy=False)
+    searched = list((ostudy.user_attrs.get("search") or {}).get("space", {}))
+    rows = []
+    for v in ostudy.user_attrs.get("variants", []):
+        mine = [t for t in trials if t.user_attrs.get("variant") == v["name"]]
+        finals = [t for t in mine if t.user_attrs.get("kind") == "final" and t.state == TrialState.COMPLETE]
+        train_m, train_s = _mean_std([t.user_attrs["train_error"] for t in finals])
+        test_m, test_s = _mean_std([t.user_attrs["test_error"] for t in finals])
+        best = best_search_trial(mine, v["name"])
+        rows.append({
+            "variant": v["name"], "params": v["params"], "macs": v["macs"],
+            "train_error": train_m, "train_error_std": train_s, "test_error": test_m, "test_error_std": test_s,
+            "runs": len(finals),
+            "best": {k: best.params[k] for k in searched if best is not None and k in best.params},
+            "complete": sum(t.state == TrialState.COMPLETE for t in mine),
+            "failed": sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in mine),
+            "pruned": sum(t.state == TrialState.PRUNED for t in mine),
+        })
+    return rows
+
+
+def study_progress(ostudy: optuna.Study) -> dict[str, Any]:
+    trials = ostudy.get_trials(deepcopy=False)
+    state = unit_state(trials)
+    return {
+        "study": ostudy.study_name, "dataset": ostudy.user_attrs.get("dataset"),
+        "variants": len(ostudy.user_attrs.get("variants", [])),
+        "done": len(state.done), "units": ostudy.user_attrs.get("units"),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "started": min((t.datetime_start for t in trials if t.datetime_start), default=None),
+    }
+
+
+def load(study_name: str, storage_url: str) -> optuna.Study:
+    storage = open_storage(storage_url)
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        listed = ", ".join(names) if names else "none"
+        raise DriverError(f"no study named {study_name!r} in {_display_url(storage_url)} (studies there: {listed})")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def fmt_error(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None and not math.isnan(std) else "")

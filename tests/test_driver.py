@@ -1,0 +1,352 @@
+"""The study driver: `ablate run` on real Fashion-MNIST into real SQLite files, resume after
+SIGKILL, failures recorded, `ablate ls/show/dashboard`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+
+import ablate.driver as driver
+from ablate.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.study import load_study, parse_study
+from ablate.train import train as real_train
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_fashion = pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+
+SMALL = """
+name = "small"
+description = "plain vs residual, tiny"
+dataset = "fashion-mnist"
+[fixed]
+width = 4
+[grid]
+connection = ["plain", "residual"]
+depth = [8, 14]
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.1
+schedule = "onecycle"
+train_subset = 512
+[search]
+trials = 2
+lr = { low = 0.02, high = 0.3, log = true }
+pruner = "median"
+[seeds]
+count = 2
+"""
+
+
+def ablate(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ablate", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- units and params (no training)
+
+
+def test_units_search_then_final_runs_per_variant():
+    study = parse_study(SMALL)
+    units = driver.study_units(study)
+    assert len(units) == 4 * (2 + 2)
+    first = [(u.variant.name, u.kind, u.index, u.seed) for u in units[:4]]
+    assert first == [("plain-8-w4", "search", 0, 0), ("plain-8-w4", "search", 1, 0),
+                     ("plain-8-w4", "final", 0, 1), ("plain-8-w4", "final", 1, 2)]
+    assert len({u.key for u in units}) == len(units)
+
+
+def test_params_cover_axes_recipe_and_seed():
+    study = parse_study(SMALL)
+    dists = driver.distributions(study)
+    unit = driver.study_units(study)[0]
+    params = driver.fixed_params(study, unit)
+    assert "lr" not in params  # searched: sampled by Optuna
+    assert {"connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "seed", "epochs", "batch_size"} <= set(params)
+    for name, value in params.items():
+        assert dists[name]._contains(dists[name].to_internal_repr(value)), name
+    final = driver.fixed_params(study, driver.study_units(study)[2], best={"lr": 0.123})
+    assert final["lr"] == 0.123 and final["seed"] == 1
+    assert dists["shortcut"].choices == ("A", "none")
+
+
+def test_sampler_and_pruner_see_only_the_same_variants_search_trials():
+    study = optuna.create_study()
+    dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    for variant, kind, value in (("a", "search", 0.1), ("a", "final", 0.2), ("b", "search", 0.3), ("a", "search", 0.4)):
+        study.add_trial(optuna.trial.create_trial(params={"lr": value}, distributions=dist, value=value,
+                                                  user_attrs={"variant": variant, "kind": kind}))
+    probe = optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=0.5, user_attrs={"variant": "a", "kind": "search"})
+    shadow = driver._same_variant(study, probe, (optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["lr"] for t in shadow.get_trials()) == [0.1, 0.4]
+
+
+def test_definition_changes_are_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = parse_study(SMALL)
+    storage = driver.storage_for_run(url)
+    driver._create_or_check(study, storage)
+    driver._create_or_check(study, storage)  # the same definition: fine
+    changed = replace(study, recipe=replace(study.recipe, epochs=3))
+    with pytest.raises(driver.DriverError, match=r"made from a different study file \(it differs in: recipe\)"):
+        driver._create_or_check(changed, storage)
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [("nonsense", "is not a database URL"), ("sqlite:////no/such/folder/x.db", "does not exist"),
+     ("postgresql+nosuchdriver://u@localhost/db", "--storage:")],
+)
+def test_bad_storage_urls(url, expected):
+    with pytest.raises(driver.DriverError, match=expected):
+        driver.open_storage(url)
+
+
+def test_cli_bad_storage_exits_2(tmp_path):
+    result = ablate("ls", "--storage", "nonsense", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "not a database URL" in result.stderr
+    result = ablate("show", "nothing", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", cwd=tmp_path)
+    assert result.returncode == 2 and "no study named 'nothing'" in result.stderr
+
+
+def test_missing_dataset_is_a_clear_error_before_training(tmp_path):
+    study = write(tmp_path, 'name = "c"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n')
+    result = ablate("run", str(study), "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "--data-dir", str(tmp_path / "none"), "--device", "cpu", cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "none") in result.stderr
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@needs_fashion
+def test_run_end_to_end_and_again_trains_nothing(tmp_path):
+    study_file = write(tmp_path, SMALL)
+    db = tmp_path / "ablate.db"
+    result = ablate("run", str(study_file), "--device", "cpu", cwd=tmp_path)  # default storage: ./ablate.db
+    assert result.returncode == 0, result.stderr
+    assert db.exists()
+    assert "plain-14-w4" in result.stdout and "sqlite:///ablate.db" in result.stdout
+
+    # An independent reader finds everything docs/storage.md promises.
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{db}")
+    assert study.user_attrs["study_file"] == SMALL
+    assert study.user_attrs["units"] == 16
+    assert [v["name"] for v in study.user_attrs["variants"]] == ["plain-8-w4", "plain-14-w4", "resnet-8-w4", "resnet-14-w4"]
+    trials = study.get_trials()
+    units = {t.user_attrs["unit"] for t in trials}
+    assert len(units) == 16 and len(trials) == 16
+    for t in trials:
+        assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED), (t.number, t.state, t.user_attrs.get("failure"))
+        for key in ("connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "seed", "lr", "weight_decay", "epochs"):
+            assert key in t.params, key
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == [1, 2]
+            assert t.value == t.user_attrs["test_error"] == t.intermediate_values[2]
+            for key in ("variant", "params", "macs", "train_error", "test_error", "history", "images_per_second", "device", "versions", "recipe"):
+                assert key in t.user_attrs, key
+            assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]
+            assert set(t.user_attrs["history"][0]["grad_norms"]) == {"stem", "stage1", "stage2", "stage3", "head"}
+            assert t.user_attrs["device"] == "cpu" and t.user_attrs["versions"]["optuna"] == optuna.__version__
+    # Final runs repeat the best search trial's learning rate with seeds 1 and 2.
+    for variant in ("plain-8-w4", "resnet-14-w4"):
+        mine = [t for t in trials if t.user_attrs["variant"] == variant]
+        best = min((t for t in mine if t.user_attrs["kind"] == "search" and t.value is not None), key=lambda t: t.value)
+        finals = [t for t in mine if t.user_attrs["kind"] == "final"]
+        assert sorted(t.params["seed"] for t in finals) == [1, 2]
+        assert {t.params["lr"] for t in finals} == {best.params["lr"]}
+        assert {t.params["seed"] for t in mine if t.user_attrs["kind"] == "search"} == {0}
+
+    again = ablate("run", str(study_file), "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    after = optuna.load_study(study_name="small", storage=f"sqlite:///{db}").get_trials()
+    assert [(t.number, t.datetime_complete) for t in after] == [(t.number, t.datetime_complete) for t in trials]
+
+    listing = ablate("ls", cwd=tmp_path)
+    assert listing.returncode == 0 and "small" in listing.stdout and "16/16" in listing.stdout
+    shown = ablate("show", "small", cwd=tmp_path)
+    assert shown.returncode == 0 and "resnet-14-w4" in shown.stdout and "±" in shown.stdout
+
+
+RESUME = """
+name = "resume"
+dataset = "fashion-mnist"
+[fixed]
+width = 4
+[grid]
+connection = ["plain", "residual"]
+depth = [8]
+[train]
+epochs = 3
+batch_size = 64
+lr = 0.05
+train_subset = 2048
+"""
+
+
+def running_trial_with_an_epoch(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            rows = con.execute(
+                "SELECT COUNT(*) FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'"
+            ).fetchone()
+    except sqlite3.OperationalError:  # tables not created yet
+        return False
+    return rows[0] > 0
+
+
+@needs_fashion
+def test_sigkill_mid_trial_then_resume(tmp_path):
+    study_file = write(tmp_path, RESUME)
+    db = tmp_path / "resume.db"
+    url = f"sqlite:///{db}"
+    args = [sys.executable, "-m", "ablate", "run", str(study_file), "--storage", url, "--device", "cpu", "--grace-period", "4"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not running_trial_with_an_epoch(db):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no trial reached its first epoch"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of a trial, after its epoch-1 checkpoint
+    proc.wait()
+    checkpoints = list((tmp_path / "resume.db.checkpoints" / "resume").glob("*.pt"))
+    assert len(checkpoints) == 1
+
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="resume", storage=url).get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["unit"] for t in complete) == ["plain-8-w4/final/0", "resnet-8-w4/final/0"]
+    killed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(killed) == 1 and "failure" not in killed[0].user_attrs  # detected by the heartbeat
+    retry = next(t for t in complete if t.user_attrs["unit"] == killed[0].user_attrs["unit"])
+    assert retry.user_attrs["resumed_from"] >= 1  # from the checkpoint, not from scratch
+    assert [h["epoch"] for h in retry.user_attrs["history"]] == [1, 2, 3]
+    assert sorted(retry.intermediate_values) == [1, 2, 3]
+    assert not list((tmp_path / "resume.db.checkpoints" / "resume").glob("*.pt"))  # cleaned up
+
+
+FAILING = """
+name = "failing"
+dataset = "fashion-mnist"
+[fixed]
+width = 4
+[grid]
+connection = ["plain", "residual"]
+depth = [8, 14]
+[train]
+epochs = 1
+batch_size = 64
+train_subset = 256
+[seeds]
+count = 2
+"""
+
+
+@needs_fashion
+def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    """Fault injection at the engine's entry: three units in a row raise (as an out-of-memory
+    error would), one diverges for real (an absurd learning rate given to the real engine)."""
+    study = parse_study(FAILING)
+    raising = {"plain-8-w4/final/1", "plain-14-w4/final/0", "plain-14-w4/final/1"}
+    calls: list[str] = []
+
+    def faulty_train(spec, recipe, data, *, seed, **kw):
+        key = f"{spec.name}/final/{seed - 1}"
+        calls.append(key)
+        if key in raising:
+            raise RuntimeError(f"CUDA out of memory (injected for {key})")
+        if key == "resnet-8-w4/final/0":
+            return real_train(spec, replace(recipe, lr=1e20, weight_decay=0.0, schedule="constant"), data, seed=seed, **kw)
+        return real_train(spec, recipe, data, seed=seed, **kw)
+
+    monkeypatch.setattr(driver, "train", faulty_train)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    driver.run_study(study, url, device="cpu")
+    assert len(calls) == 8
+    trials = optuna.load_study(study_name="failing", storage=url).get_trials()
+    by_unit = {t.user_attrs["unit"]: t for t in trials}
+    assert len(by_unit) == len(trials) == 8
+    for key in raising:
+        assert by_unit[key].state == optuna.trial.TrialState.FAIL
+        assert by_unit[key].user_attrs["failure"] == f"RuntimeError: CUDA out of memory (injected for {key})"
+    diverged = by_unit["resnet-8-w4/final/0"]
+    assert diverged.state == optuna.trial.TrialState.FAIL
+    assert diverged.user_attrs["failure"].startswith("diverged: loss became")
+    assert diverged.user_attrs["diverged_epoch"] == 1
+    ok = [k for k, t in by_unit.items() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(ok) == ["plain-8-w4/final/0", "resnet-14-w4/final/0", "resnet-14-w4/final/1", "resnet-8-w4/final/1"]
+    # Recorded failures are results: running again retries nothing.
+    calls.clear()
+    driver.run_study(study, url, device="cpu")
+    assert calls == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    study = optuna.create_study(study_name="served", storage=url)
+    study.set_user_attr("dataset", "fashion-mnist")
+    study.add_trial(optuna.trial.create_trial(params={"depth": 20}, distributions={"depth": optuna.distributions.IntDistribution(8, 56)}, value=0.1))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "dashboard", "--storage", url, "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    payload = json.load(response)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.time() < deadline, "optuna-dashboard did not answer"
+                time.sleep(0.3)
+        names = [s["study_name"] for s in payload["study_summaries"]]
+        assert names == ["served"]
+        study_id = payload["study_summaries"][0]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as response:
+            detail = json.load(response)
+        assert len(detail["trials"]) == 1 and detail["trials"][0]["params"][0]["name"] == "depth"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@needs_fashion
+def test_readme_main_job_quick_study(tmp_path):
+    """`uv run ablate run studies/quick.toml`, as the README says, shows the degradation."""
+    result = ablate("run", str(ROOT / "studies" / "quick.toml"), "--device", "cpu", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{tmp_path / 'ablate.db'}")
+    rows = {r["variant"]: r for r in driver.summary_rows(study)}
+    quick = load_study(ROOT / "studies" / "quick.toml")
+    assert all(rows[s.name]["runs"] == quick.seeds for s in quick.variants)
+    train_error = {name: r["train_error"] for name, r in rows.items()}
+    assert train_error["plain-32-w8"] > train_error["plain-8-w8"]
+    assert train_error["resnet-32-w8"] < train_error["plain-32-w8"]
