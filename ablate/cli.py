@@ -167,7 +167,12 @@ def run(
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume where it stopped", code=130) from None
     _print_summary(summary_rows(ostudy), f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
-    print(f"storage: {storage} (study {s.name!r}); inspect with: ablate show {s.name} --storage {storage}  |  ablate dashboard --storage {storage}")
+    from ablate.report import write_report
+
+    path = write_report(s.name, storage)
+    print(f"storage: {storage} (study {s.name!r})")
+    print(f"report:  {path}")
+    print(f"inspect: ablate show {s.name} --storage {storage}  |  ablate dashboard --storage {storage}")
 
 
 @app.command()
@@ -229,6 +234,42 @@ def dashboard(
         raise fail(f"--port: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose another port") from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name in the storage.", show_default=False)],
+    storage: StorageOpt = DEFAULT_STORAGE,
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the HTML [default: reports/<study>.html].")] = None,
+) -> None:
+    """Write a self-contained HTML degradation-comparison report of a study."""
+    from ablate.report import write_report
+    from ablate.tables import ReportError
+
+    try:
+        path = write_report(study, storage, out)
+    except ReportError as exc:
+        raise fail(str(exc)) from None
+    print(path)
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name in the storage.", show_default=False)],
+    storage: StorageOpt = DEFAULT_STORAGE,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tables.")] = Path("reports"),
+) -> None:
+    """Write the per-trial, per-epoch and per-variant tables for notebooks."""
+    from ablate.report import export_tables
+    from ablate.tables import ReportError
+
+    try:
+        paths = export_tables(study, storage, out_dir, fmt)
+    except ReportError as exc:
+        raise fail(str(exc)) from None
+    for p in paths:
+        print(p)
 
 
 def version_callback(value: bool) -> None:
