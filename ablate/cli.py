@@ -272,6 +272,11 @@ def export(
         print(p)
 
 
+from ablate.bench import bench  # noqa: E402 (registered below; imports torch lazily)
+
+app.command(help="Training throughput of the engine against a seed-style DataLoader baseline, in one run.")(bench)
+
+
 def version_callback(value: bool) -> None:
     if value:
         print(f"ablate {__version__}")

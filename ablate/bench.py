@@ -1,0 +1,311 @@
+"""`ablate bench`: training throughput of the engine against the seed's way of training, in one run.
+
+The baseline is written the way the seed documents (d2l, the PyTorch CIFAR tutorial, blog posts)
+train a ResNet: a map-style `Dataset` that hands out one `PIL.Image` per sample (as torchvision's
+CIFAR10 does), per-sample torchvision transforms, a `DataLoader` with worker processes and default
+collation, fp32, and the four-line loop. The engine is the real `ablate.train.train`: the dataset as
+uint8 tensors on the device, batches as index selections, augmentation on whole batches (and, on
+CUDA, bf16 autocast and channels_last).
+
+Both sides train the same network (`build_model`, same seed) with the same SGD hyperparameters on
+the same uint8 images, one after the other in one process. Each runs `epochs` epochs and is timed
+on the epochs after the first, which pays for worker start-up, allocator warm-up and cuDNN tuning.
+Throughput does not depend on pixel values, so `random_data` benchmarks datasets that are not on
+disk with random images of their shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ablate.data import DataError, DatasetInfo, Split, Splits, dataset_info, load_dataset
+from ablate.models import build_model
+from ablate.train import Recipe, input_info, resolve_device, train
+from ablate.variants import VariantSpec, get_variant
+
+DEFAULT_IMAGES = 5120  # ResNet-20, CIFAR-sized, 2-core CPU: about 15 s per epoch and side
+TEST_IMAGES = 256  # the engine evaluates after every epoch; keep that cost small (not timed)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Throughputs in training images per second, and everything that produced them."""
+
+    variant: str
+    dataset: str
+    data: str  # "random" or the directory the files were read from
+    device: str  # cpu, cuda, cuda:1
+    device_name: str  # the CPU model or the GPU name
+    torch: str
+    cpus: int  # os.cpu_count()
+    threads: int  # torch.get_num_threads() in this process
+    date: str  # ISO 8601
+    batch_size: int
+    images: int  # training images per epoch
+    size: int  # the resolution the network trains at
+    epochs: int  # per side; the first is not timed
+    workers: int  # the baseline DataLoader's worker processes
+    augment: tuple[str, ...]
+    seed: int
+    load: tuple[float, float]  # 1-minute load average before and after (lags by about a minute)
+    others_cpu: float | None  # CPU cores that other processes kept busy during the run, on average (Linux)
+    engine_ips: float
+    baseline_ips: float
+
+    @property
+    def ratio(self) -> float:
+        """Engine over baseline: above 1 the engine is faster."""
+        return self.engine_ips / self.baseline_ips
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def run_bench(
+    variant: str | VariantSpec,
+    dataset: str,
+    *,
+    device: str = "auto",
+    batch_size: int = 128,
+    images: int = DEFAULT_IMAGES,
+    size: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    random_data: bool = False,
+    workers: int = 2,
+    epochs: int = 2,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Train `variant` on `images` images of `dataset` with the seed-style baseline, then with the
+    engine, and return both throughputs.
+
+    `variant` is a registered name or any `VariantSpec`. `size` trains at that resolution (the
+    engine's `Recipe.resize`; the baseline's `transforms.Resize`). Without `random_data` the
+    dataset must be on disk (nothing is downloaded): `DataError` otherwise. Invalid settings
+    raise ValueError naming the setting.
+    """
+    spec = get_variant(variant) if isinstance(variant, str) else variant
+    info = dataset_info(dataset)
+    dev = resolve_device(device)
+    for key, value, low in (("batch_size", batch_size, 2), ("images", images, 2), ("epochs", epochs, 2), ("workers", workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{key}: {value!r} is not valid; use an integer >= {low}"
+                             + (" (the first epoch is warm-up and is not timed)" if key == "epochs" else ""))
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 1024):
+        raise ValueError(f"size: {size!r} is not valid; use a side length in pixels from 8 to 1024")
+    say = log or (lambda message: None)
+    recipe = Recipe(
+        epochs=epochs, batch_size=batch_size, schedule="constant", augment=info.augment,
+        resize=None if size is None or size == info.size else size,
+    )
+    data = _random_splits(info, images, seed, dev) if random_data else _disk_splits(info, images, data_dir, seed, dev)
+    load_before, busy_before, t0 = os.getloadavg()[0], _others_busy(), time.perf_counter()
+
+    say(f"baseline: {spec.name}, {images} images x {epochs} epochs, DataLoader with {workers} workers")
+    baseline_ips = baseline_throughput(spec, recipe, data.train, info, dev, workers=workers, seed=seed)
+    say(f"engine: {spec.name}, {images} images x {epochs} epochs")
+    result = train(spec, recipe, data, device=dev, seed=seed)
+    busy_after, wall = _others_busy(), time.perf_counter() - t0
+    others = None if busy_before is None or busy_after is None else max(0.0, (busy_after - busy_before) / wall)
+    if result.diverged or result.images_per_second is None or len(result.history) < epochs:
+        raise RuntimeError(f"the engine's run did not finish: {result.reason}; try another --seed")
+    return BenchResult(
+        variant=spec.name, dataset=info.name, data=data.source, device=str(dev), device_name=device_name(dev),
+        torch=torch.__version__, cpus=os.cpu_count() or 0, threads=torch.get_num_threads(),
+        date=date.today().isoformat(), batch_size=batch_size, images=len(data.train), size=input_info(info, recipe).size,
+        epochs=epochs, workers=workers, augment=tuple(recipe.augment), seed=seed,
+        load=(load_before, os.getloadavg()[0]), others_cpu=others, engine_ips=result.images_per_second, baseline_ips=baseline_ips,
+    )
+
+
+def _others_busy() -> float | None:
+    """CPU seconds the whole machine has been busy, less this process's and its reaped children's
+    (the baseline's workers): what other processes used. None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as file:
+            ticks = [int(v) for v in file.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal: less idle, iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK") - (own.user + own.system + own.children_user + own.children_system)
+
+
+def _random_splits(info: DatasetInfo, images: int, seed: int, device: torch.device) -> Splits:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (info.channels, info.size, info.size)
+
+    def split(n: int) -> Split:
+        x = torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8)
+        y = torch.randint(0, info.classes, (n,), generator=gen)
+        return Split(x.to(device), y.to(device))
+
+    return Splits(train=split(images), val=None, test=split(TEST_IMAGES), info=info, source="random")
+
+
+def _disk_splits(info: DatasetInfo, images: int, data_dir, seed: int, device: torch.device) -> Splits:
+    if info.name == "synthetic":  # generated, at most its official size
+        images = min(images, info.train_size)
+    data = load_dataset(info.name, data_dir=data_dir, device=device, train_subset=images, seed=seed, download=False)
+    test = Split(data.test.images[:TEST_IMAGES], data.test.labels[:TEST_IMAGES])
+    return Splits(train=data.train, val=None, test=test, info=info, source=data.source)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU name, or the CPU model from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --- The baseline, as the seed documents train ------------------------------------------------
+
+
+class PILImages(torch.utils.data.Dataset):
+    """uint8 images handed out one `PIL.Image` at a time, as torchvision's CIFAR10 and MNIST do."""
+
+    def __init__(self, images: np.ndarray, labels: list[int], transform: Callable):
+        self.images = images  # [N, H, W, C], or [N, H, W] for one channel (PIL mode "L")
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def baseline_loader(split: Split, info: DatasetInfo, recipe: Recipe, *, workers: int) -> torch.utils.data.DataLoader:
+    """A DataLoader over `split` with per-sample torchvision transforms, as in d2l / the tutorials."""
+    from torchvision import transforms  # seconds to import; only the baseline needs it
+
+    ops: list = []
+    if "crop" in recipe.augment:
+        ops.append(transforms.RandomCrop(info.size, padding=4))
+    if "flip" in recipe.augment:
+        ops.append(transforms.RandomHorizontalFlip())
+    if recipe.resize is not None:  # d2l: `transforms.Resize(224)` to feed ImageNet-sized nets
+        ops.append(transforms.Resize(recipe.resize))
+    ops += [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+    hwc = split.images.cpu().permute(0, 2, 3, 1).numpy()
+    hwc = np.ascontiguousarray(hwc[..., 0] if info.channels == 1 else hwc)
+    dataset = PILImages(hwc, split.labels.cpu().tolist(), transforms.Compose(ops))
+    # drop_last as the engine: a last batch of one image would break BatchNorm.
+    drop_last = len(dataset) >= 2 * recipe.batch_size
+    return torch.utils.data.DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True,
+                                       num_workers=workers, drop_last=drop_last)
+
+
+def baseline_throughput(
+    spec: VariantSpec, recipe: Recipe, split: Split, info: DatasetInfo, device: torch.device, *, workers: int, seed: int = 0
+) -> float:
+    """Training images per second of the seed-style loop, over the epochs after the first (fp32)."""
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False  # the seed's scripts leave it off
+    try:
+        torch.manual_seed(seed)
+        net = build_model(spec, info).to(device)
+        loader = baseline_loader(split, info, recipe, workers=workers)
+        opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                              nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+        net.train()
+        seen, seconds = 0, 0.0
+        for epoch in range(recipe.epochs):
+            t0 = time.perf_counter()  # includes starting the workers: they restart every epoch
+            n = 0
+            for X, y in loader:
+                X, y = X.to(device), y.to(device)
+                loss = F.cross_entropy(net(X), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                n += len(y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if epoch > 0:  # the first epoch is warm-up
+                seen, seconds = seen + n, seconds + time.perf_counter() - t0
+        return seen / seconds
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+# --- The command ------------------------------------------------------------------------------
+
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def bench(
+    variant: Annotated[str, typer.Option(help="Registered variant name (see ablate.variants.list_variants).")] = "resnet-20",
+    dataset: Annotated[str, typer.Option(help="Dataset whose image shape and classes are used.")] = "cifar10",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Training batch size, both sides.")] = 128,
+    images: Annotated[int, typer.Option(help="Training images per epoch.")] = DEFAULT_IMAGES,
+    size: Annotated[int | None, typer.Option(help="Train at this resolution (e.g. 224); default the dataset's.", show_default=False)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data dir (default $ABLATE_DATA, else ~/.cache/ablate/data).", show_default=False)] = None,
+    random_data: Annotated[bool, typer.Option("--random-data", help="Random uint8 images of the dataset's shape instead of its files.")] = False,
+    workers: Annotated[int, typer.Option(help="The baseline DataLoader's worker processes.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Epochs per side; the first is warm-up, not timed.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed for the network, data order and augmentation.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+) -> None:
+    """Training throughput (images/s) of the engine against a seed-style DataLoader baseline."""
+    try:
+        r = run_bench(variant, dataset, device=device, batch_size=batch_size, images=images, size=size,
+                      data_dir=data_dir, random_data=random_data, workers=workers, epochs=epochs, seed=seed,
+                      log=lambda message: _err.print(f"[dim]{message}[/]", highlight=False))
+    except DataError as exc:
+        raise _fail(f"pass --random-data to benchmark {dataset} on random images of its shape (throughput does "
+                    f"not depend on pixel values), or put its files on disk: {' '.join(str(exc).split())}") from None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
+        return
+    table = Table(title=f"{r.variant} on {r.dataset} ({r.size} px), {r.device}: training images/s")
+    table.add_column("", justify="left")
+    table.add_column("value", justify="right")
+    table.add_row("engine", f"{r.engine_ips:,.1f}")
+    table.add_row("baseline (DataLoader, per-sample PIL transforms, fp32)", f"{r.baseline_ips:,.1f}")
+    table.add_row("[bold]ratio (engine / baseline)[/]", f"[bold]{r.ratio:.2f}x[/]")
+    table.add_section()
+    for key in ("device_name", "torch", "cpus", "threads", "batch_size", "images", "epochs", "workers", "augment",
+                "data", "seed", "date"):
+        value = getattr(r, key)
+        table.add_row(key, ", ".join(value) if isinstance(value, tuple) else str(value))
+    table.add_row("load (1 min, before / after)", f"{r.load[0]:.2f} / {r.load[1]:.2f}")
+    if r.others_cpu is not None:
+        table.add_row("CPU cores used by other processes", f"{r.others_cpu:.2f}")
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    out.print(table)
