@@ -82,18 +82,28 @@ StorageOpt = Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of th
 DEFAULT_STORAGE = "sqlite:///ablate.db"
 
 
-def _print_summary(rows: list[dict[str, object]], title: str) -> None:
-    from ablate.driver import fmt_error
+def _print_summary(ostudy, title: str) -> None:
+    """Per variant: params, MACs, final runs' errors (mean ± std over seeds), best searched values."""
+    import math
+
+    from ablate.tables import searched_keys, trials_table, variant_summary
+
+    trials = trials_table(ostudy)
+    rows = variant_summary(trials, ostudy.user_attrs.get("variants"), searched_keys(ostudy.user_attrs, trials))
+
+    def error(mean: float, std: float) -> str:
+        if math.isnan(mean):
+            return "-"
+        return f"{100 * mean:.2f}%" + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
 
     table = Table(title=title)
-    for col in ("variant", "params", "MACs", "train error", "test error", "runs", "best hyperparameters", "ok/failed/pruned"):
-        table.add_column(col, justify="right" if col in ("params", "MACs", "runs") else "left")
-    for r in rows:
-        best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best"].items()) or "-"
+    for col in ("variant", "params", "MACs", "train error", "test error", "seeds", "best hyperparameters", "ok/failed/pruned"):
+        table.add_column(col, justify="right" if col in ("params", "MACs", "seeds") else "left")
+    for r in rows.to_dict("records"):
         table.add_row(
-            str(r["variant"]), human(r["params"]), human(r["macs"]),
-            fmt_error(r["train_error"], r["train_error_std"]), fmt_error(r["test_error"], r["test_error_std"]),
-            str(r["runs"]), best, f"{r['complete']}/{r['failed']}/{r['pruned']}",
+            str(r["variant"]), human(int(r["params"])), human(int(r["macs"])),
+            error(r["train_error_mean"], r["train_error_std"]), error(r["test_error_mean"], r["test_error_std"]),
+            str(r["seeds"]), r["best_hyperparameters"] or "-", f"{r['complete']}/{r['failed']}/{r['pruned']}",
         )
     _console().print(table)
 
@@ -154,7 +164,7 @@ def run(
     import optuna
 
     from ablate.data import DataError
-    from ablate.driver import DriverError, run_study, summary_rows
+    from ablate.driver import DriverError, run_study
 
     s = _load(study)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are recorded and shown by ablate
@@ -166,7 +176,7 @@ def run(
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume where it stopped", code=130) from None
-    _print_summary(summary_rows(ostudy), f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
+    _print_summary(ostudy, f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
     from ablate.report import write_report
 
     path = write_report(s.name, storage)
@@ -181,14 +191,14 @@ def show(
     storage: StorageOpt = DEFAULT_STORAGE,
 ) -> None:
     """The summary table of one study."""
-    from ablate.driver import DriverError, load, study_progress, summary_rows
+    from ablate.driver import DriverError, load, study_progress
 
     try:
         ostudy = load(study, storage)
     except DriverError as exc:
         raise fail(str(exc)) from None
     p = study_progress(ostudy)
-    _print_summary(summary_rows(ostudy), f"{study} on {p['dataset']}: {p['done']}/{p['units']} trials done; error mean ± std over seeds")
+    _print_summary(ostudy, f"{study} on {p['dataset']}: {p['done']}/{p['units']} trials done; error mean ± std over seeds")
 
 
 @app.command("ls")

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import platform
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -544,36 +543,6 @@ def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optun
 # ---------------------------------------------------------------- summaries (run, show, ls)
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def summary_rows(ostudy: optuna.Study) -> list[dict[str, Any]]:
-    """One row per variant: params, MACs, final runs' train and test error (mean, std, n), best
-    searched values, and trial counts."""
-    trials = ostudy.get_trials(deepcopy=False)
-    searched = list((ostudy.user_attrs.get("search") or {}).get("space", {}))
-    rows = []
-    for v in ostudy.user_attrs.get("variants", []):
-        mine = [t for t in trials if t.user_attrs.get("variant") == v["name"]]
-        finals = [t for t in mine if t.user_attrs.get("kind") == "final" and t.state == TrialState.COMPLETE]
-        train_m, train_s = _mean_std([t.user_attrs["train_error"] for t in finals])
-        test_m, test_s = _mean_std([t.user_attrs["test_error"] for t in finals])
-        best = best_search_trial(mine, v["name"])
-        rows.append({
-            "variant": v["name"], "params": v["params"], "macs": v["macs"],
-            "train_error": train_m, "train_error_std": train_s, "test_error": test_m, "test_error_std": test_s,
-            "runs": len(finals),
-            "best": {k: best.params[k] for k in searched if best is not None and k in best.params},
-            "complete": sum(t.state == TrialState.COMPLETE for t in mine),
-            "failed": sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in mine),
-            "pruned": sum(t.state == TrialState.PRUNED for t in mine),
-        })
-    return rows
-
-
 def study_progress(ostudy: optuna.Study) -> dict[str, Any]:
     trials = ostudy.get_trials(deepcopy=False)
     state = unit_state(trials)
@@ -595,9 +564,3 @@ def load(study_name: str, storage_url: str) -> optuna.Study:
         listed = ", ".join(names) if names else "none"
         raise DriverError(f"no study named {study_name!r} in {_display_url(storage_url)} (studies there: {listed})")
     return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def fmt_error(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None and not math.isnan(std) else "")

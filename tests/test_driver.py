@@ -21,6 +21,7 @@ import pytest
 import ablate.driver as driver
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
 from ablate.study import load_study, parse_study
+from ablate.tables import trials_table, variant_summary
 from ablate.train import train as real_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,9 +345,9 @@ def test_readme_main_job_quick_study(tmp_path):
     result = ablate("run", str(ROOT / "studies" / "quick.toml"), "--device", "cpu", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="quick", storage=f"sqlite:///{tmp_path / 'ablate.db'}")
-    rows = {r["variant"]: r for r in driver.summary_rows(study)}
+    summary = variant_summary(trials_table(study), study.user_attrs["variants"]).set_index("variant")
     quick = load_study(ROOT / "studies" / "quick.toml")
-    assert all(rows[s.name]["runs"] == quick.seeds for s in quick.variants)
-    train_error = {name: r["train_error"] for name, r in rows.items()}
+    assert all(summary.loc[s.name, "seeds"] == quick.seeds for s in quick.variants)
+    train_error = summary["train_error_mean"]
     assert train_error["plain-32-w8"] > train_error["plain-8-w8"]
     assert train_error["resnet-32-w8"] < train_error["plain-32-w8"]
