@@ -654,19 +654,10 @@ EXPORT_FORMATS = ("csv", "parquet")
 
 def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str = "csv") -> list[Path]:
     """Write the per-trial, per-epoch and per-variant tables (and the findings) of a study as
-    `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings` in `out_dir`; returns the paths.
-    Parquet needs pyarrow or fastparquet."""
+    `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings` in `out_dir`; returns the paths
+    (parquet through pyarrow, a dependency)."""
     if fmt not in EXPORT_FORMATS:
         raise ReportError(f"format: {fmt!r} is not valid; use one of {', '.join(EXPORT_FORMATS)}")
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            try:
-                import fastparquet  # noqa: F401
-            except ImportError:
-                raise ReportError("format: parquet needs the pyarrow package (or fastparquet), which is not installed; "
-                                  "use --format csv, or install pyarrow") from None
     study = T.open_study(study_name, storage)
     data = collect(study, storage)
     out = Path(out_dir)
