@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ablate import __version__
 from ablate.study import Study, StudyError, load_study
+from ablate.variants import human
 
 app = typer.Typer(
     name="ablate",
@@ -34,15 +35,6 @@ def _load(path: Path) -> Study:
         return load_study(path)
     except StudyError as exc:
         raise fail(str(exc)) from None
-
-
-def human(n: int) -> str:
-    """0.27M, 40.6M, 1.82G: the papers' way of writing counts."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            value = n / scale
-            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return str(n)
 
 
 def variant_rows(study: Study) -> list[dict[str, object]]:
@@ -191,11 +183,12 @@ def show(
     storage: StorageOpt = DEFAULT_STORAGE,
 ) -> None:
     """The summary table of one study."""
-    from ablate.driver import DriverError, load, study_progress
+    from ablate.driver import study_progress
+    from ablate.tables import ReportError, open_study
 
     try:
-        ostudy = load(study, storage)
-    except DriverError as exc:
+        ostudy = open_study(study, storage)
+    except ReportError as exc:
         raise fail(str(exc)) from None
     p = study_progress(ostudy)
     _print_summary(ostudy, f"{study} on {p['dataset']}: {p['done']}/{p['units']} trials done; error mean ± std over seeds")

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate import __version__
 from ablate.study import Study
+from ablate.tables import safe_url
 from ablate.train import Epoch, Recipe, load_data, resolve_device, train
 from ablate.variants import VariantSpec
 
@@ -282,19 +283,10 @@ def _open(url: str, grace: int | None) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except ModuleNotFoundError as exc:
-        raise DriverError(f"--storage: {url}: the database driver is not installed ({exc.name}); install it or use SQLite") from None
+        raise DriverError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name}); install it or use SQLite") from None
     except Exception as exc:  # SQLAlchemy and Optuna errors: connection refused, bad schema, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DriverError(f"--storage: cannot open {url}: {first}") from None
-
-
-def _display_url(url: str) -> str:
-    import sqlalchemy
-
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+        raise DriverError(f"--storage: cannot open {safe_url(url)}: {first}") from None
 
 
 # ---------------------------------------------------------------- progress of a study in storage
@@ -555,12 +547,3 @@ def study_progress(ostudy: optuna.Study) -> dict[str, Any]:
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "started": min((t.datetime_start for t in trials if t.datetime_start), default=None),
     }
-
-
-def load(study_name: str, storage_url: str) -> optuna.Study:
-    storage = open_storage(storage_url)
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        listed = ", ".join(names) if names else "none"
-        raise DriverError(f"no study named {study_name!r} in {_display_url(storage_url)} (studies there: {listed})")
-    return optuna.load_study(study_name=study_name, storage=storage)

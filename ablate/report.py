@@ -35,6 +35,7 @@ from plotly.subplots import make_subplots
 
 from ablate import tables as T
 from ablate.tables import ReportError
+from ablate.variants import human
 
 __all__ = ["ReportError", "ReportData", "collect", "render", "build_report", "write_report", "export_tables", "default_path"]
 
@@ -49,17 +50,6 @@ def esc(value: Any) -> str:
     """Every string from a study file or the storage goes through here, in HTML and in plotly
     text alike (plotly renders a subset of HTML in labels and decodes entities)."""
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def human(n: float) -> str:
-    """0.27M, 40.6M, 1.82G: the papers' way of writing counts."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
-    return f"{n:.0f}"
 
 
 def _nan(x: Any) -> bool:

@@ -123,8 +123,12 @@ def test_bad_storage_urls(url, expected):
 def test_cli_bad_storage_exits_2(tmp_path):
     result = ablate("ls", "--storage", "nonsense", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not a database URL" in result.stderr
-    result = ablate("show", "nothing", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", cwd=tmp_path)
-    assert result.returncode == 2 and "no study named 'nothing'" in result.stderr
+    result = ablate("show", "nothing", "--storage", f"sqlite:///{tmp_path / 'absent.db'}", cwd=tmp_path)
+    assert result.returncode == 2 and "no such SQLite file" in result.stderr
+    assert not (tmp_path / "absent.db").exists()  # reading never creates a storage
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'one.db'}")
+    result = ablate("show", "nothing", "--storage", f"sqlite:///{tmp_path / 'one.db'}", cwd=tmp_path)
+    assert result.returncode == 2 and "study 'nothing' is not in storage" in result.stderr and "studies there: other" in result.stderr
 
 
 def test_missing_dataset_is_a_clear_error_before_training(tmp_path):
