@@ -207,12 +207,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _inputs(images: torch.Tensor, info, recipe: Recipe, device: torch.device) -> torch.Tensor:
-    """uint8 batch -> normalised float input in the device's layout, resized if the recipe says so."""
+@dataclass(frozen=True)
+class Precision:
+    """How the model runs on a device. CUDA: bf16 autocast (no loss scaling needed) and
+    channels_last, which tensor cores want. CPU: fp32, NCHW (bf16 on a CPU is slower, not faster).
+    Tests pass the CUDA setting on a CPU, so that path runs where no GPU is."""
+
+    autocast: torch.dtype | None = None
+    channels_last: bool = False
+
+
+def precision_for(device: torch.device) -> Precision:
+    return Precision(torch.bfloat16, True) if device.type == "cuda" else Precision()
+
+
+def _autocast(device: torch.device, precision: Precision):
+    return torch.autocast(device.type, dtype=precision.autocast, enabled=precision.autocast is not None)
+
+
+def _inputs(images: torch.Tensor, info, recipe: Recipe, precision: Precision) -> torch.Tensor:
+    """uint8 batch -> normalised float input in the model's layout, resized if the recipe says so."""
     x = normalize(images, info)
     if recipe.resize is not None and recipe.resize != info.size:
         x = F.interpolate(x, size=(recipe.resize, recipe.resize), mode="bilinear", align_corners=False)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x
 
 
 def input_info(info, recipe: Recipe):
@@ -220,20 +238,16 @@ def input_info(info, recipe: Recipe):
     return info if recipe.resize is None else dataclasses.replace(info, size=recipe.resize)
 
 
-def _evaluate(model: nn.Module, split: Split, info, recipe: Recipe, device: torch.device, batch_size: int = 500) -> float:
+def _evaluate(model: nn.Module, split: Split, info, recipe: Recipe, device: torch.device, precision: Precision,
+              batch_size: int = 500) -> float:
     model.eval()
     wrong = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(device, precision):
         for images, labels in batches(split, batch_size, shuffle=False):
-            x = _inputs(images, info, recipe, device)
+            x = _inputs(images, info, recipe, precision)
             wrong += (model(x).argmax(1) != labels).sum()
     model.train()
     return wrong.item() / len(split.labels)
-
-
-def _autocast(device: torch.device):
-    # bf16 needs no loss scaling; CPU keeps fp32 (bf16 on a CPU is slower, not faster).
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
 def load_data(dataset: str, recipe: Recipe, *, device: str | torch.device = "cpu", data_dir=None, download: bool = True) -> Splits:
@@ -283,21 +297,23 @@ def train(
     seed: int = 0,
     callback: Callable[[Epoch], None] | None = None,
     checkpoint: str | Path | None = None,
+    precision: Precision | None = None,
 ) -> Result:
     """Train `spec` on `data` (already on `device`) with `recipe` and `seed`.
 
     With `checkpoint`, model, optimiser, schedule position, RNG states and history are saved
     atomically after every epoch, and an existing checkpoint of the same run is resumed from,
-    to the same result as an uninterrupted run.
+    to the same result as an uninterrupted run. `precision` defaults to the device's own.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    precision = precision or precision_for(device)
     info = data.info
     check_data(recipe, data)
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = build_model(spec, info).to(device)
-    if device.type == "cuda":
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_params(model)
     _, macs = measure(spec, input_info(info, recipe))
@@ -352,8 +368,8 @@ def train(
                 group["lr"] = lr
             if recipe.augment:
                 images = augment(images, recipe.augment, generator=gen)
-            x = _inputs(images, info, recipe, device)
-            with _autocast(device):
+            x = _inputs(images, info, recipe, precision)
+            with _autocast(device, precision):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -381,8 +397,8 @@ def train(
             epoch=epoch,
             train_loss=loss_sum.item() / steps,
             train_error=wrong.item() / max(1, seen),
-            test_error=_evaluate(model, data.test, info, recipe, device),
-            val_error=_evaluate(model, data.val, info, recipe, device) if data.val is not None else None,
+            test_error=_evaluate(model, data.test, info, recipe, device, precision),
+            val_error=_evaluate(model, data.val, info, recipe, device, precision) if data.val is not None else None,
             lr=lr,
             seconds=time.perf_counter() - t0,
             images_per_second=seen / train_seconds,

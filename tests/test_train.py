@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.train import Epoch, Recipe, load_data, lr_at, make_recipe, resolve_device, train
+from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, precision_for, resolve_device, train
 from ablate.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)
@@ -207,3 +207,21 @@ def test_degradation_on_real_fashion_mnist():
 
 
 DEGRADATION_MARGIN = 0.03  # three percentage points of training error
+
+
+def test_the_cuda_precision_path_runs_on_the_cpu(tmp_path, synthetic):
+    """bf16 autocast and channels_last, as on CUDA, exercised where no GPU is."""
+    cuda_like = Precision(autocast=torch.bfloat16, channels_last=True)
+    assert precision_for(torch.device("cuda")) == cuda_like
+    assert precision_for(torch.device("cpu")) == Precision()
+    recipe = replace(FAST, epochs=2)
+    half = train(TINY, recipe, synthetic, seed=0, precision=cuda_like, checkpoint=tmp_path / "c.pt")
+    full = train(TINY, recipe, synthetic, seed=0)
+    assert not half.diverged
+    assert all(math.isfinite(v) for e in half.history for v in (e.train_loss, *e.grad_norms.values()))
+    assert half.test_error < 0.75  # it learns (chance is 0.9) ...
+    assert abs(half.test_error - full.test_error) < 0.15  # ... about as well as in fp32
+    assert timeless(half.history) != timeless(full.history)  # and really ran in another precision
+    weights = torch.load(tmp_path / "c.pt", weights_only=True)["model"]
+    assert weights["stem.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert weights["stem.0.weight"].dtype == torch.float32  # master weights stay fp32 under autocast
