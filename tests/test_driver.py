@@ -3,6 +3,7 @@ SIGKILL, failures recorded, `ablate ls/show/dashboard`."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 import ablate.driver as driver
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
 from ablate.study import load_study, parse_study
-from ablate.tables import trials_table, variant_summary
+from ablate.tables import trials_table, variant_summary, verdicts
 from ablate.train import train as real_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +356,13 @@ def test_readme_main_job_quick_study(tmp_path):
     train_error = summary["train_error_mean"]
     assert train_error["plain-32-w8"] > train_error["plain-8-w8"]
     assert train_error["resnet-32-w8"] < train_error["plain-32-w8"]
+
+    # `ablate run` wrote the report; its verdict states the degradation with this run's numbers.
+    page = (tmp_path / "reports" / "quick.html").read_text()
+    findings = {f.topic: f for f in verdicts(summary.reset_index(), "fashion-mnist")}
+    assert findings["degradation"].answer == "yes"
+    assert findings["residual"].answer == "yes"
+    for topic in ("degradation", "residual"):
+        assert html.escape(findings[topic].text) in page
+    plain8, plain32 = (f"{100 * train_error[v]:.1f}%" for v in ("plain-8-w8", "plain-32-w8"))
+    assert plain8 in findings["degradation"].text and plain32 in findings["degradation"].text
