@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate import __version__
 from ablate.study import Study
-from ablate.tables import safe_url
+from ablate.tables import safe_url, selection_error
 from ablate.train import Epoch, Recipe, load_data, resolve_device, train
 from ablate.variants import VariantSpec
 
@@ -319,12 +319,7 @@ def unit_state(trials: list[FrozenTrial]) -> UnitState:
 def best_search_trial(trials: list[FrozenTrial], variant: str) -> FrozenTrial | None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("variant") == variant
                 and t.user_attrs.get("kind") == "search"]
-    # With a validation split the choice is made on it, so the test set never picks hyperparameters.
-    def score(t: FrozenTrial) -> tuple[float, int]:
-        val = t.user_attrs.get("val_error")
-        return (val if val is not None else t.value, t.number)
-
-    return min(complete, key=score) if complete else None
+    return min(complete, key=lambda t: (selection_error(t.user_attrs.get("val_error"), t.value), t.number)) if complete else None
 
 
 # ---------------------------------------------------------------- the run

@@ -335,6 +335,12 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+def selection_error(val_error: float | None, test_error: float) -> float:
+    """What picks a variant's final recipe among its search trials: the validation error when the
+    recipe holds a split out, so the test set never chooses hyperparameters; else the test error."""
+    return test_error if val_error is None or math.isnan(val_error) else val_error
+
+
 def variant_summary(trials: pd.DataFrame, variants: Iterable[dict[str, Any]] | None = None,
                     searched: Iterable[str] = ()) -> pd.DataFrame:
     """One row per variant, in study order: axes, params, MACs, final-run errors as mean and
@@ -375,9 +381,8 @@ def variant_summary(trials: pd.DataFrame, variants: Iterable[dict[str, Any]] | N
         row["running"] = int(state.isin(["RUNNING", "WAITING"]).sum())
         search = g[(g["kind"] == "search") & (g["state"] == "COMPLETE")] if len(g) else g
         if searched and len(search):
-            # As the driver picks it: on the validation error when there is one, so the test set
-            # never chooses hyperparameters; else on the test error; ties to the earlier trial.
-            score = search["val_error"].astype(float).fillna(search["value"].astype(float))
+            # As the driver picks it; ties go to the earlier trial.
+            score = search.apply(lambda r: selection_error(r["val_error"], r["value"]), axis=1)
             best = search.loc[score.idxmin()]
             row["best_search_error"] = float(best["value"])
             row["best_hyperparameters"] = ", ".join(f"{k}={_fmt_value(best[k])}" for k in searched if k in best.index)
