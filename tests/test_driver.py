@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import os
 import signal
 import socket
@@ -151,6 +152,10 @@ def test_run_end_to_end_and_again_trains_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert db.exists()
     assert "plain-14-w4" in result.stdout and "sqlite:///ablate.db" in result.stdout
+    # Not a terminal: no progress display, one line per finished trial.
+    assert "\x1b[" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 16 and all(re.match(r"^[\w.-]+/(search|final)/\d+: (complete|pruned) ", line) for line in lines), lines
 
     # An independent reader finds everything docs/storage.md promises.
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{db}")
