@@ -499,61 +499,17 @@ def _read_cifar(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    mat = _read_mat(path)
-    images = mat["X"].transpose(3, 2, 0, 1)  # [H, W, C, N] -> [N, C, H, W], as torchvision does
-    labels = mat["y"].reshape(-1).astype(np.int64)
+    import scipy.io  # SVHN ships MATLAB 5 MAT-files; scipy reads them (and refuses anything else)
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except (ValueError, NotImplementedError, OSError, EOFError) as exc:  # not a MAT-file, v7.3 (HDF5), truncated
+        raise ValueError(f"{path.name} is not a readable MATLAB 5 MAT-file: {exc}") from None
+    if "X" not in mat or "y" not in mat:
+        raise ValueError(f"{path.name} holds no X and y arrays, as SVHN's files do")
+    images = np.asarray(mat["X"], np.uint8).transpose(3, 2, 0, 1)  # [H, W, C, N] -> [N, C, H, W], as torchvision does
+    labels = np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     return images, np.where(labels == 10, 0, labels)  # SVHN labels the digit 0 as 10
-
-
-# MATLAB 5 MAT-files (what scipy.io.loadmat reads, and what SVHN ships). Only numeric arrays are
-# decoded; others (cells, structs, strings, sparse) are skipped. Reference: MathWorks, "MAT-File
-# Format", chapter 1: a 128-byte header, then data elements, each an 8-byte tag (type, byte
-# count) and a payload padded to 8 bytes; compressed elements hold one zlib-deflated element.
-_MAT_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
-_MAT_CLASSES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
-_MI_MATRIX, _MI_COMPRESSED = 14, 15
-
-
-def _read_mat(path: Path) -> dict[str, np.ndarray]:
-    raw = memoryview(path.read_bytes())
-    if len(raw) < 128 or bytes(raw[126:128]) not in (b"IM", b"MI"):
-        raise ValueError(f"{path.name} is not a MATLAB 5 MAT-file (v7.3 files are HDF5 and not supported)")
-    order = "<" if bytes(raw[126:128]) == b"IM" else ">"
-    arrays = {}
-    for kind, payload in _mat_elements(raw, 128, order):
-        if kind == _MI_COMPRESSED:
-            kind, payload = next(_mat_elements(memoryview(zlib.decompress(payload)), 0, order))
-        if kind == _MI_MATRIX:
-            name, array = _mat_matrix(payload, order)
-            if array is not None:
-                arrays[name] = array
-    return arrays
-
-
-def _mat_elements(buffer: memoryview, position: int, order: str) -> Iterator[tuple[int, memoryview]]:
-    while position + 8 <= len(buffer):
-        kind, size = struct.unpack_from(order + "II", buffer, position)
-        if kind >> 16:  # small element: size and type share the first word, payload in the second
-            kind, size = kind & 0xFFFF, kind >> 16
-            yield kind, buffer[position + 4 : position + 4 + size]
-            position += 8
-            continue
-        yield kind, buffer[position + 8 : position + 8 + size]
-        position += 8 + (size if kind == _MI_COMPRESSED else -(-size // 8) * 8)  # compressed: unpadded
-
-
-def _mat_matrix(payload: memoryview, order: str) -> tuple[str, np.ndarray | None]:
-    parts = _mat_elements(payload, 0, order)
-    flags, dims, name = (part for _, part in (next(parts), next(parts), next(parts)))
-    word = struct.unpack_from(order + "I", flags)[0]
-    array_class, is_complex = word & 0xFF, bool(word & 0x0800)
-    if array_class not in _MAT_CLASSES or is_complex:
-        return bytes(name).decode("latin1"), None
-    shape = tuple(np.frombuffer(dims, order + "i4"))
-    kind, data = next(parts)
-    # MATLAB may store values in a smaller type than their class (doubles as uint8, say).
-    values = np.frombuffer(data, order + _MAT_TYPES[kind]).astype(_MAT_CLASSES[array_class])
-    return bytes(name).decode("latin1"), values.reshape(shape, order="F")  # MATLAB is column-major
 
 
 # --- Synthetic --------------------------------------------------------------------------------

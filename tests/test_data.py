@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 import pytest
 import torch
 import torch.nn as nn
@@ -177,9 +178,7 @@ def write_mat(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None
 
 
 def savemat_scipy(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None:
-    reason = "scipy is not installed: only the hand-written .mat files are read"
-    scipy_io = pytest.importorskip("scipy.io", reason=reason)
-    scipy_io.savemat(str(path), arrays, do_compression=compress)
+    scipy.io.savemat(str(path), arrays, do_compression=compress)
 
 
 def svhn_arrays(rng: np.random.Generator, n: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -280,20 +279,38 @@ def test_svhn_reads_mat_files(tmp_path, writer, compress):
     assert 0 in splits.train.labels and 10 not in splits.train.labels
 
 
-def test_mat_reader_decodes_big_endian_and_small_types(tmp_path):
-    # MATLAB may store a double array as uint8 values; big-endian files flip every word.
-    values = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    body = (
-        struct.pack(">II", 6, 8) + struct.pack(">II", 6, 0)  # flags: mxDOUBLE_CLASS
-        + struct.pack(">II", 5, 8) + struct.pack(">2i", 3, 4)
-        + struct.pack(">HH", 1, 1) + b"a\0\0\0"  # small element, big-endian: size word first
-        + struct.pack(">II", 2, 12) + values.tobytes(order="F") + b"\0" * 4
-    )
-    header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack(">H", 0x0100) + b"MI"
-    (tmp_path / "a.mat").write_bytes(header + struct.pack(">II", 14, len(body)) + body)
-    decoded = data._read_mat(tmp_path / "a.mat")["a"]
-    assert decoded.dtype == np.float64
-    np.testing.assert_array_equal(decoded, values)
+def test_svhn_reads_big_endian_files_with_values_stored_in_a_smaller_type(tmp_path):
+    # MATLAB may store a double array as uint8 values, and big-endian files flip every word.
+    rng = np.random.default_rng(7)
+    for split, n in (("train", 4), ("test", 3)):
+        mat, images, labels = svhn_arrays(rng, n)
+        body = b""
+        for name, array, cls in (("X", mat["X"], 9), ("y", mat["y"], 6)):  # X: mxUINT8, y: mxDOUBLE stored as miUINT8
+            values = array.astype(np.uint8).tobytes(order="F")
+            name_el = struct.pack(">II", 1, len(name)) + name.encode().ljust(8, b"\0")
+            element = (
+                struct.pack(">II", 6, 8) + struct.pack(">II", cls, 0)
+                + struct.pack(">II", 5, 4 * array.ndim) + struct.pack(f">{array.ndim}i", *array.shape) + b"\0" * (-4 * array.ndim % 8)
+                + name_el
+                + struct.pack(">II", 2, len(values)) + values + b"\0" * (-len(values) % 8)
+            )
+            body += struct.pack(">II", 14, len(element)) + element
+        header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack(">H", 0x0100) + b"MI"
+        (tmp_path / f"{split}_32x32.mat").write_bytes(header + body)
+        if split == "train":
+            expected = images, labels
+    splits = load_dataset("svhn", data_dir=tmp_path, download=False)
+    assert_split(splits.train, *expected)
+
+
+def test_a_file_that_is_not_a_mat_file_is_a_clear_error(tmp_path):
+    (tmp_path / "train_32x32.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(600))  # a v7.3 (HDF5) signature
+    (tmp_path / "test_32x32.mat").write_bytes(b"not a mat file at all")
+    with pytest.raises(Exception) as info:
+        load_dataset("svhn", data_dir=tmp_path, download=False)
+    message = str(info.value)
+    assert "train_32x32.mat" in message and "MAT-file" in message
+    assert "Traceback" not in message
 
 
 FASHION = data.FASHION_MNIST_SYSTEM_DIR
