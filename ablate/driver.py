@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ablate import __version__
 from ablate.study import Study
 from ablate.tables import safe_url, selection_error
-from ablate.train import Epoch, Recipe, load_data, resolve_device, train
+from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train
 from ablate.variants import VariantSpec
 
 DEFAULT_STORAGE = "sqlite:///ablate.db"
@@ -106,9 +106,14 @@ def axis_params(spec: VariantSpec) -> dict[str, Any]:
     }
 
 
+def _recipes(study: Study) -> list[Recipe]:
+    return [study.recipe_for(spec) for spec in study.variants]
+
+
 def distributions(study: Study) -> dict[str, BaseDistribution]:
     """One distribution per param over the whole study, so every trial's params are compatible
-    and the dashboard's slice / parallel-coordinate / importance plots span the ablation axes."""
+    and the dashboard's slice / parallel-coordinate / importance plots span the ablation axes.
+    A recipe key that a variant overrides spans every variant's value."""
     dists: dict[str, BaseDistribution] = {}
     axes = [axis_params(s) for s in study.variants]
     for key in ("connection", "activation", "block", "shortcut", "stem", "blocks"):
@@ -116,8 +121,8 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
     for key in ("depth", "width"):
         dists[key] = IntDistribution(min(a[key] for a in axes), max(a[key] for a in axes))
     searched = {p.key: p for p in (study.search.space if study.search else ())}
+    recipes = _recipes(study)
     for f in dataclasses.fields(Recipe):
-        value = getattr(study.recipe, f.name)
         if f.name in searched:
             p = searched[f.name]
             if p.kind == "choice":
@@ -126,14 +131,16 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
                 dists[f.name] = IntDistribution(p.low, p.high, log=p.log)
             else:
                 dists[f.name] = FloatDistribution(p.low, p.high, log=p.log)
-        elif value is None:
             continue
-        elif isinstance(value, (bool, str, tuple)):
-            dists[f.name] = CategoricalDistribution([_scalar(value)])
-        elif isinstance(value, int):
-            dists[f.name] = IntDistribution(value, value)
+        values = [_scalar(getattr(r, f.name)) for r in recipes if getattr(r, f.name) is not None]
+        if not values:
+            continue
+        if any(isinstance(v, (bool, str)) for v in values):
+            dists[f.name] = CategoricalDistribution(sorted(set(values), key=str))
+        elif all(isinstance(v, int) for v in values):
+            dists[f.name] = IntDistribution(min(values), max(values))
         else:
-            dists[f.name] = FloatDistribution(value, value)
+            dists[f.name] = FloatDistribution(float(min(values)), float(max(values)))
     dists["seed"] = IntDistribution(0, study.seeds)
     return dists
 
@@ -142,8 +149,9 @@ def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -
     """The params known before a unit runs: everything but the searched values of a search trial."""
     params = {**axis_params(unit.variant), "seed": unit.seed}
     searched = {p.key for p in study.search.space} if study.search else set()
+    recipe = study.recipe_for(unit.variant)
     for f in dataclasses.fields(Recipe):
-        value = getattr(study.recipe, f.name)
+        value = getattr(recipe, f.name)
         if f.name in searched:
             if unit.kind == "final":
                 params[f.name] = best[f.name] if best is not None else value
@@ -152,20 +160,35 @@ def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -
     return params
 
 
-def trial_recipe(study: Study, params: dict[str, Any]) -> Recipe:
+def param_keys(study: Study, unit: Unit) -> list[str]:
+    """The params a unit's trial holds: its fixed params and, for a search trial, the searched keys."""
+    searched = [p.key for p in study.search.space] if study.search else []
+    return list(dict.fromkeys([*fixed_params(study, unit, {k: None for k in searched}), *searched]))
+
+
+def trial_recipe(study: Study, unit: Unit, params: dict[str, Any]) -> Recipe:
     searched = {p.key for p in study.search.space} if study.search else set()
-    return dataclasses.replace(study.recipe, **{k: params[k] for k in searched if k in params})
+    return dataclasses.replace(study.recipe_for(unit.variant), **{k: params[k] for k in searched if k in params})
+
+
+def objective_metric(study: Study) -> str:
+    """What a trial's value and intermediate values are: the validation error when the study
+    searches (so the sampler and the pruner never see the test set), else the test error."""
+    return "val_error" if study.search is not None else "test_error"
 
 
 def definition(study: Study) -> str:
     """Canonical JSON of everything that decides the results; a re-run must match it."""
-    return json.dumps({
+    doc = {
         "dataset": study.dataset,
         "variants": [s.axes() for s in study.variants],
         "recipe": recipe_dict(study.recipe),
         "search": study.search.describe() if study.search else None,
         "seeds": study.seeds,
-    }, sort_keys=True)
+    }
+    if study.overrides:
+        doc["overrides"] = study.overrides
+    return json.dumps(doc, sort_keys=True)
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
@@ -376,11 +399,12 @@ def run_study(
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint_dir_for(storage_url)
     ckpt_dir = ckpt_root / study.name
     env = versions()
+    metric = objective_metric(study)
 
     def objective(trial: optuna.Trial) -> float:
         unit = by_key[trial.user_attrs["unit"]]
-        params = {name: _suggest(trial, name, dist) for name, dist in dists.items()}
-        recipe = trial_recipe(study, params)
+        params = {name: _suggest(trial, name, dists[name]) for name in param_keys(study, unit)}
+        recipe = trial_recipe(study, unit, params)
         trial.set_user_attr("recipe", recipe_dict(recipe))
         trial.set_user_attr("device", str(dev) if dev.type == "cpu" else f"{dev.type}:{torch.cuda.current_device()}")
         trial.set_user_attr("versions", env)
@@ -390,15 +414,15 @@ def run_study(
         reported: set[int] = set()
 
         def on_epoch(e: Epoch) -> None:
-            trial.report(e.test_error, e.epoch)
+            trial.report(getattr(e, metric), e.epoch)
             reported.add(e.epoch)
             history.append(dataclasses.asdict(e))
             trial.set_user_attr("history", history)  # live: a report of a running study shows it
             progress.on_epoch(unit, e)
             if unit.kind == "search" and trial.should_prune():
-                raise optuna.TrialPruned(f"test error {e.test_error:.4f} at epoch {e.epoch} is worse than the variant's median")
+                raise optuna.TrialPruned(f"{metric.replace('_', ' ')} {getattr(e, metric):.4f} at epoch {e.epoch} is worse than the variant's median")
 
-        progress.on_trial(unit, recipe.epochs)
+        progress.on_trial(unit, schedule(recipe, len(data.train.labels)).epochs)
         start = time.perf_counter()
         try:
             result = train(unit.variant, recipe, data, device=dev, seed=unit.seed, callback=on_epoch, checkpoint=ckpt)
@@ -414,7 +438,7 @@ def run_study(
         history[:] = [dataclasses.asdict(e) for e in result.history]  # restored epochs included
         for e in result.history:  # epochs restored from a checkpoint were reported by the killed trial
             if e.epoch not in reported:
-                trial.report(e.test_error, e.epoch)
+                trial.report(getattr(e, metric), e.epoch)
         attrs = {
             "params": result.params, "macs": result.macs, "history": history,
             "train_error": result.train_error, "test_error": result.test_error,
@@ -429,7 +453,7 @@ def run_study(
             trial.set_user_attr("failure", f"diverged: {result.reason}")
             trial.set_user_attr("diverged_epoch", result.diverged_epoch)
             raise TrialFailed(result.reason)
-        return result.test_error
+        return getattr(result.final, metric)
 
     def finished(_: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get("unit") in by_key:
@@ -507,13 +531,14 @@ def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optun
         rows = []
         for spec in study.variants:
             params, macs = measure(spec, study.info if study.recipe.resize is None else dataclasses.replace(study.info, size=study.recipe.resize))
-            rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs})
+            rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs,
+                         "train": study.overrides.get(spec.name, {})})
         attrs = {
             "ablate_version": __version__, "study_file": study.source, "study_path": study.path,
             "description": study.description, "dataset": study.dataset, "definition": mine,
             "variants": rows, "recipe": recipe_dict(study.recipe),
             "search": study.search.describe() if study.search else None,
-            "seeds": study.seeds, "units": len(study_units(study)),
+            "seeds": study.seeds, "units": len(study_units(study)), "objective": objective_metric(study),
         }
         for k, v in attrs.items():
             ostudy.set_user_attr(k, v)

@@ -76,18 +76,25 @@ def _bn_relu(c: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
 
 
-def _basic_body(cin: int, width: int, stride: int, pre: bool) -> list[nn.Module]:
+def _basic_body(cin: int, width: int, stride: int, pre: bool, stride_on: str) -> list[nn.Module]:
     layers = [_conv(cin, width, 3, stride), *_bn_relu(width), _conv(width, width, 3)]
     return layers if pre else [*layers, nn.BatchNorm2d(width)]
 
 
-def _bottleneck_body(cin: int, width: int, stride: int, pre: bool) -> list[nn.Module]:
-    # The stride sits on the 3x3 conv, as in torchvision ("ResNet V1.5"); He et al. 2016 put it
-    # on the first 1x1. Parameters and MACs at the paper's resolutions are the same either way.
+#: Where a downsampling bottleneck unit puts its stride, by stem. CIFAR: on the first 1x1 conv, as
+#: He et al.'s own CIFAR code does (resnet-1k-layers, for ResNet-164 and -1001); the 3x3 then runs
+#: at the lower resolution, so MACs differ from the other placement (preact-resnet-164: ~1.3%).
+#: ImageNet: on the 3x3 conv, as torchvision does ("ResNet V1.5"), so ResNet-50.. match it tensor
+#: for tensor; the 2016 paper's own ImageNet nets had it on the 1x1 as well.
+BOTTLENECK_STRIDE_ON = {"cifar": "1x1", "imagenet": "3x3"}
+
+
+def _bottleneck_body(cin: int, width: int, stride: int, pre: bool, stride_on: str) -> list[nn.Module]:
     out = width * EXPANSION["bottleneck"]
+    s1, s3 = (stride, 1) if stride_on == "1x1" else (1, stride)
     layers = [
-        _conv(cin, width, 1), *_bn_relu(width),
-        _conv(width, width, 3, stride), *_bn_relu(width),
+        _conv(cin, width, 1, s1), *_bn_relu(width),
+        _conv(width, width, 3, s3), *_bn_relu(width),
         _conv(width, out, 1),
     ]
     return layers if pre else [*layers, nn.BatchNorm2d(out)]
@@ -113,7 +120,7 @@ def _shortcut(spec: VariantSpec, cin: int, cout: int, stride: int) -> nn.Module 
 def _unit(spec: VariantSpec, cin: int, width: int, stride: int) -> Unit:
     pre = spec.activation == "pre"
     cout = width * EXPANSION[spec.block]
-    body = nn.Sequential(*_BODIES[spec.block](cin, width, stride, pre))
+    body = nn.Sequential(*_BODIES[spec.block](cin, width, stride, pre, BOTTLENECK_STRIDE_ON[spec.stem]))
     return Unit(
         body=body,
         shortcut=_shortcut(spec, cin, cout, stride),

@@ -33,6 +33,7 @@ import plotly.io as pio
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from ablate import stats
 from ablate import tables as T
 from ablate.tables import ReportError
 from ablate.variants import human
@@ -84,7 +85,7 @@ def collect(study, storage: str = "") -> ReportData:
     summary = T.variant_summary(trials, study.user_attrs.get("variants"), searched)
     dataset = str(study.user_attrs.get("dataset") or "")
     return ReportData(study.study_name, dict(study.user_attrs), T.safe_url(storage) if storage else "",
-                      trials, epochs, summary, T.verdicts(summary, dataset), searched)
+                      trials, epochs, summary, T.verdicts(summary, dataset, T.samples(trials, T.recipes_of(study))), searched)
 
 
 # --------------------------------------------------------------------------- figures
@@ -176,13 +177,14 @@ def fig_error_vs_depth(fam: pd.DataFrame, family: str, dataset: str) -> go.Figur
     for _, row in fam.iterrows():
         p = T.paper_error(dataset, row)
         if p is not None:
-            paper.append((int(row["depth"]), p[0], p[1], row["variant"]))
-    for source in dict.fromkeys(p[2] for p in paper):
-        pts = [p for p in paper if p[2] == source]
+            paper.append((int(row["depth"]), p, row["variant"]))
+    for source in dict.fromkeys(p.source for _, p, _ in paper):
+        pts = [(d, p, v) for d, p, v in paper if p.source == source]
         fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=esc(f"{source} (test)"),
+            x=[d for d, _, _ in pts], y=[p.error for _, p, _ in pts], mode="markers", name=esc(f"{source} (test)"),
             marker={"symbol": "star", "size": 12, "color": "#222"},
-            text=[esc(f"{p[3]}: {p[1]:.2f}% in {source}") for p in pts], hoverinfo="text",
+            error_y={"type": "data", "array": [p.std or 0 for _, p, _ in pts], "visible": any(p.std for _, p, _ in pts)},
+            text=[esc(f"{v}: {p.label}") for _, p, v in pts], hoverinfo="text",
         ))
     depths = sorted(done["depth"].astype(int).unique())
     fig.update_xaxes(title_text="depth (layers)", tickvals=depths)
@@ -268,8 +270,8 @@ def fig_pairs(pr: pd.DataFrame, a: str, b: str, title: str, dataset: str, axis: 
         for label, (_, r) in zip(x, pr.iterrows()):
             p = T.paper_error(dataset, {**r.to_dict(), axis: side}, prefer="2016b")
             px.append(label)
-            py.append(None if p is None else p[0])
-            pt.append("" if p is None else esc(f"{r[f'variant_{side}']}: {p[0]:.2f}% in {p[1]}"))
+            py.append(None if p is None else p.error)
+            pt.append("" if p is None else esc(f"{r[f'variant_{side}']}: {p.label}"))
         if any(v is not None for v in py):
             fig.add_trace(go.Scatter(x=px, y=py, mode="markers", name="paper (test)", legendgroup="paper",
                                      showlegend=legend, offsetgroup=side,
@@ -412,9 +414,27 @@ def _verdict_html(data: ReportData) -> str:
         return ("<p>No comparison to draw: the verdict compares plain nets across depths, plain with residual nets, "
                 "pre- with post-activation and basic with bottleneck blocks, and this study has no such pair with "
                 f"finished final runs ({done} of {len(data.summary)} variants have them).</p>")
-    rule = ("A difference counts as real when it exceeds the spread over seeds: the sum of the two sides' standard "
-            "deviations (a conservative rule). With one seed a side the spread is unknown: the verdict says so.")
-    return f'<ul class="findings">{"".join(items)}</ul><p class="note">{esc(rule)}</p>'
+    rows = []
+    for f in data.findings:
+        for c in f.comparisons:
+            ci = "n/a" if not c.testable else f"{c.ci_low * 100:+.1f} to {c.ci_high * 100:+.1f}"
+            p = "n/a" if not c.testable else f"{c.p_value:.3g}"
+            padj = "n/a" if not c.testable else f"{c.p_adjusted:.3g}"
+            real = "not enough seeds" if not c.testable else "yes" if c.real else "no"
+            rows.append([f.topic, f"{c.b} − {c.a}", T.METRIC_LABELS.get(c.metric, c.metric), f"{c.difference * 100:+.1f}", ci,
+                         c.method, p, padj, real])
+    cols = ["finding", "comparison (b − a)", "metric", "difference (points)", "95% CI (points)", "test", "p",
+            "Holm-corrected p", "real"]
+    tests = _table(pd.DataFrame(rows, columns=cols), numeric={"difference (points)", "p", "Holm-corrected p"}) if rows else ""
+    rule = (f"How a difference is judged: over the final runs' seeds, a paired t-test by seed where both variants ran the same "
+            f"seeds with the same data order and augmentation, Welch's t-test otherwise (scipy.stats). Each comparison shows the "
+            f"difference of means (b − a) and its 95% confidence interval. The p-values of all comparisons on this page are "
+            f"corrected together with Holm's method; a difference is called real only when the corrected p-value is below "
+            f"{stats.ALPHA:g}, so the chance that any of them is a false alarm stays at or below {stats.ALPHA:.0%}. \"No clear "
+            f"difference\" is not evidence of no difference: it says, from the observed spread, about how many seeds a side "
+            f"would detect a difference of the observed size at {stats.POWER:.0%} power. With one seed a side no test is possible. "
+            f"Training error is the {T.TRAIN_ERROR_MEANING}, as He et al. plot it.")
+    return f'<ul class="findings">{"".join(items)}</ul>{tests}<p class="note">{esc(rule)}</p>'
 
 
 def _progress(data: ReportData) -> str:
@@ -462,7 +482,7 @@ def _variants_table(data: ReportData) -> str:
     if shared:
         note += "Every variant: " + ", ".join(f"{a} {s[a].iloc[0]}" for a in shared) + ". "
     note += ("Errors are final-epoch fractions over the final runs (mean ± standard deviation over seeds, in percentage points); "
-             "search trials are not counted in them. Efficient front: no other variant is both cheaper (in parameters or MACs) "
+             "search trials are not counted in them. Train error is the final epoch's " + T.TRAIN_ERROR_MEANING + ". Efficient front: no other variant is both cheaper (in parameters or MACs) "
              "and lower in test error.")
     return _table(pd.DataFrame(rows), numeric=numeric) + f'<p class="note">{esc(note)}</p>'
 
@@ -527,7 +547,9 @@ def render(data: ReportData) -> str:
                    for label, g in fams if cur["variant"].isin(g["variant"]).any())
     if body:
         sections.append(("curves", "Training curves", '<p class="sub">In the style of He et al. 2016, Figure 6: '
-                         "mean over the final runs' seeds; hover for the spread, click a legend entry to hide a depth.</p>" + body))
+                         "mean over the final runs' seeds; hover for the spread, click a legend entry to hide a depth. "
+                         f"Training error is the {T.TRAIN_ERROR_MEANING} (as the papers plot it, not a re-evaluation "
+                         "of the finished net); test error is measured on the whole test split after each epoch.</p>" + body))
 
     body = "".join(figure(fig_error_vs_depth(g, label, data.dataset)) for label, g in fams
                    if (g["seeds"] > 0).sum() >= 2 and g[g["seeds"] > 0]["depth"].nunique() >= 2)
@@ -535,8 +557,10 @@ def render(data: ReportData) -> str:
         note = ""
         if data.dataset == "cifar10":
             note = ('<p class="note">Stars: the papers\' CIFAR-10 test errors for the same nets (He et al. 2016, Table 6, '
-                    "option A; He et al. 2016b, Table 3), trained 64k iterations (about 164 epochs) at batch 128 with "
-                    "lr 0.1 stepped down 10x twice. Compare the trend rather than the level when this study trains shorter.</p>")
+                    "option A; He et al. 2016b, Table 3), trained 64k iterations on all 50k images at batch 128 with lr 0.1 "
+                    "divided by 10 at 32k and 48k iterations. Each star's hover text says what the number is: ResNet-110's "
+                    "is the mean of 5 runs, 6.61 ± 0.16 (error bar), whose best was 6.43; the others are single reported "
+                    "numbers. Compare the trend rather than the level when this study trains shorter.</p>")
         sections.append(("depth", "Error against depth", body + note))
 
     grads = T.gradient_flow(data.epochs)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.data import DATASETS, DatasetInfo, dataset_info
-from ablate.train import Recipe, make_recipe
+from ablate.train import ALTERNATIVES, Recipe, make_recipe
 from ablate.variants import AXES, VariantSpec, make_variant
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds")
@@ -76,10 +76,45 @@ class Study:
     recipe: Recipe = Recipe()
     search: Search | None = None
     seeds: int = 1  # final runs per variant (of its best searched recipe, when searched)
+    #: per variant name, the recipe keys its [[variant]] table overrides (its `train = {...}`)
+    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def info(self) -> DatasetInfo:
         return DATASETS[self.dataset]
+
+    def recipe_for(self, spec: VariantSpec) -> Recipe:
+        """The variant's recipe: the study's [train], with its own overrides applied."""
+        table = self.overrides.get(spec.name)
+        return self.recipe if not table else dataclasses.replace(self.recipe, **_normalised(self.recipe, table))
+
+
+def merge_train(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A [train] table with a variant's overrides on top; an override given in the other unit
+    (iterations for epochs, say) replaces the base's key of that pair."""
+    merged = dict(base)
+    for pair in ALTERNATIVES:
+        for key in pair:
+            if key in override:
+                for other in pair:
+                    merged.pop(other, None)
+    merged.update(override)
+    return merged
+
+
+def _normalised(recipe: Recipe, override: dict[str, Any]) -> dict[str, Any]:
+    """Override keys as `dataclasses.replace` takes them, the other key of each pair cleared."""
+    out = dict(override)
+    for first, second in ALTERNATIVES:
+        if second in override and first not in override:
+            out[first] = None if first == "epochs" else () if first == "milestones" else 0.0
+        if first in override and second not in override:
+            out[second] = None
+    return out
+
+
+#: Recipe keys that describe the data, loaded once for the whole study: no variant may override them.
+STUDY_WIDE = ("train_subset", "val_size", "resize")
 
 
 def _type_name(value: Any) -> str:
@@ -174,9 +209,15 @@ def parse_study(text: str, path: str = "<study>") -> Study:
 
     extra = doc.get("variant", [])
     _expect(where, "variant", extra, list, "an array of tables [[variant]]")
+    trains: list[dict[str, Any]] = []
     for i, table in enumerate(extra, start=1):
         _expect(where, f"variant #{i}", table, dict, "a table of axis = value")
+        table = dict(table)
+        own = table.pop("train", {})
+        _expect(where, f"[[variant]] #{i}: train", own, dict, "a table of recipe keys, e.g. train = { warmup_iterations = 400 }")
         _check_axes(where, f"[[variant]] #{i}", table)
+        extra[i - 1] = table
+        trains.append(own)
 
     variants = expand_variants(where, fixed, grid, extra)
 
@@ -186,6 +227,7 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         recipe = make_recipe(train)
     except ValueError as exc:
         raise StudyError(f"{where}: train.{exc}") from None
+    overrides = _overrides(where, fixed, grid, extra, trains, train)
     if recipe.train_subset is not None and recipe.train_subset + recipe.val_size > DATASETS[dataset].train_size:
         raise StudyError(
             f"{where}: train.train_subset: {recipe.train_subset} examples (+ {recipe.val_size} for validation) is more "
@@ -194,6 +236,17 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     if recipe.val_size >= DATASETS[dataset].train_size:
         raise StudyError(f"{where}: train.val_size: {recipe.val_size} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
     search = _parse_search(where, doc.get("search"), recipe)
+    if search is not None and recipe.val_size == 0:
+        raise StudyError(
+            f"{where}: train.val_size: a [search] needs a validation split to steer on (the test set must never choose "
+            f"hyperparameters); hold some training examples out, e.g. val_size = 5000 (as He et al. did), or remove [search]"
+        )
+    if search is not None:
+        for name, table in overrides.items():
+            for p in search.space:
+                if p.key in table:
+                    raise StudyError(f"{where}: [[variant]] {name}: train.{p.key}: also searched in [search]; "
+                                     "a searched key cannot be fixed for one variant, remove one of the two")
 
     seeds_table = doc.get("seeds", {})
     _expect(where, "seeds", seeds_table, dict, "a table [seeds] with count = N")
@@ -205,8 +258,34 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         raise StudyError(f"{where}: seeds.count: expected a positive integer (runs per variant), got {seeds!r}")
     return Study(
         name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
-        recipe=recipe, search=search, seeds=seeds,
+        recipe=recipe, search=search, seeds=seeds, overrides=overrides,
     )
+
+
+def _overrides(where: str, fixed: dict[str, Any], grid: dict[str, list[Any]], extra: list[dict[str, Any]],
+               trains: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each [[variant]]'s own `train` table, checked as a whole recipe, by variant name."""
+    grid_specs = set(expand_variants(where, fixed, grid, [])) if grid else set()
+    out: dict[str, dict[str, Any]] = {}
+    seen: dict[Any, dict[str, Any]] = {}
+    for i, (table, own) in enumerate(zip(extra, trains), start=1):
+        spec = _spec(where, f"[[variant]] #{i}", {**fixed, **table})
+        at = f"{where}: [[variant]] #{i} ({spec.name}): train"
+        for key in own:
+            if key in STUDY_WIDE:
+                raise StudyError(f"{at}.{key}: a data option, shared by the whole study (the data is loaded once); set it in [train]")
+        if spec in seen and seen[spec] != own or (own and spec in grid_specs):
+            raise StudyError(f"{at}: this network is also another variant of the study with a different recipe; "
+                             "give each network one recipe (remove the duplicate or make the networks differ)")
+        seen[spec] = own
+        if not own:
+            continue
+        try:
+            make_recipe(merge_train(base, own))
+        except ValueError as exc:
+            raise StudyError(f"{at}.{exc}") from None
+        out[spec.name] = dict(own)
+    return out
 
 
 def _parse_search(where: str, table: Any, recipe: Recipe) -> Search | None:

@@ -9,21 +9,24 @@ Optuna's own plots compute their data first (STYLE.md, "Reports").
     trials_table(study)              one row per trial (unit attempt)
     epochs_table(study)              one row per (trial, epoch), gradient norms as grad_<stage>
     variant_summary(trials, ...)     one row per variant: final runs as mean +- std, counts
-    verdicts(summary, dataset)       the study's answers as structured `Finding`s
+    verdicts(summary, dataset, smp)  the study's answers as structured `Finding`s, tested (ablate.stats)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import optuna
 import pandas as pd
+
+from ablate import stats
 
 AXES = ("connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks")
 #: Axes a family holds fixed: variants of one family differ only in depth (and connection).
@@ -139,9 +142,15 @@ def _scalar(v: Any) -> Any:
 TRIAL_COLUMNS = (
     "number", "variant", "unit", "kind", "index", "seed", "state", "value",
     "train_error", "test_error", "val_error", *AXES, "params", "macs",
-    "epochs_done", "last_test_error", "images_per_second", "seconds", "seconds_per_epoch",
+    "epochs_done", "last_value", "images_per_second", "seconds", "seconds_per_epoch",
     "device", "versions", "failure", "diverged_epoch", "interrupted", "started", "completed",
 )
+
+
+def objective(study_attrs: dict[str, Any]) -> str:
+    """What a trial's `value` and intermediate values measure: `val_error` in a searched study
+    (the search never sees the test set), `test_error` otherwise (the driver's objective_metric)."""
+    return str(study_attrs.get("objective") or "test_error")
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -185,7 +194,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "params": _number(spec.get("params") if spec and spec.get("params") is not None else ua.get("params")),
             "macs": _number(spec.get("macs") if spec and spec.get("macs") is not None else ua.get("macs")),
             "epochs_done": epochs_done,
-            "last_test_error": float(t.intermediate_values[steps[-1]]) if steps else math.nan,
+            "last_value": float(t.intermediate_values[steps[-1]]) if steps else math.nan,
             "images_per_second": _number(ua.get("images_per_second")),
             "seconds": seconds,
             "seconds_per_epoch": per_epoch,
@@ -197,7 +206,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "started": t.datetime_start,
             "completed": t.datetime_complete,
         }
-        if state == "COMPLETE" and math.isnan(row["test_error"]):
+        if state == "COMPLETE" and math.isnan(row["test_error"]) and objective(study.user_attrs) == "test_error":
             row["test_error"] = row["value"]
         for k, v in _hyperparameters(params).items():
             key = k if k not in TRIAL_COLUMNS else f"param_{k}"
@@ -485,7 +494,8 @@ def pairs(summary: pd.DataFrame, axis: str, a: str, b: str) -> pd.DataFrame:
 
 def sensitivity(trials: pd.DataFrame, searched: Iterable[str]) -> pd.DataFrame:
     """Search trials in long format: one row per (trial, searched key) with the value tried and
-    the error reached (the final test error, or the last reported one for a pruned trial)."""
+    the error reached: the trial's value (the validation error a search steers on), or the last one
+    reported for a pruned trial."""
     searched = [k for k in searched if k in trials.columns]
     s = trials[(trials["kind"] == "search") & trials["state"].isin(["COMPLETE", "PRUNED"])]
     cols = ["number", "variant", "connection", "depth", "state", "key", "x", "error", "epochs_done"]
@@ -493,7 +503,7 @@ def sensitivity(trials: pd.DataFrame, searched: Iterable[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     rows = []
     for _, t in s.iterrows():
-        err = t["value"] if t["state"] == "COMPLETE" else t["last_test_error"]
+        err = t["value"] if t["state"] == "COMPLETE" else t["last_value"]
         for k in searched:
             rows.append({"number": t["number"], "variant": t["variant"], "connection": t["connection"], "depth": t["depth"],
                          "state": t["state"], "key": k, "x": t[k], "error": float(err), "epochs_done": t["epochs_done"]})
@@ -509,44 +519,69 @@ def failures(trials: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- the paper
 
-#: He et al. 2016, Table 6: CIFAR-10 test error (%) of the option-A ResNets (best of 5 runs; 110: 6.61 +- 0.16 mean).
-HE2016_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+@dataclass(frozen=True)
+class PaperValue:
+    """A published CIFAR-10 test error (%) and what exactly it is."""
+
+    error: float
+    std: float | None  # over runs, where the paper gives one
+    source: str  # "He et al. 2016, Table 6"
+    what: str  # "mean ± std of 5 runs (best 6.43)", "as reported", ...
+
+    @property
+    def label(self) -> str:
+        spread = f" ± {self.std:.2f}" if self.std is not None else ""
+        return f"{self.error:.2f}%{spread}: {self.source}, {self.what}"
+
+
+_T6, _T3 = "He et al. 2016, Table 6", "He et al. 2016b, Table 3"
+#: He et al. 2016, Table 6: CIFAR-10 test error (%) of the option-A ResNets. ResNet-110 is the one
+#: net run 5 times there: "6.43 (6.61 ± 0.16)", best (mean ± std); we compare with the mean.
+HE2016_TABLE6 = {d: PaperValue(e, None, _T6, "as reported (one number per net)") for d, e in
+                 {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 1202: 7.93}.items()}
+HE2016_TABLE6[110] = PaperValue(6.61, 0.16, _T6, "mean ± std of 5 runs (best of the 5: 6.43)")
 #: He et al. 2016b, Table 3: CIFAR-10 test error (%), original (post) vs full pre-activation units.
-HE2016B = {("post", "basic", 110): 6.61, ("pre", "basic", 110): 6.37,
-           ("post", "bottleneck", 164): 5.93, ("pre", "bottleneck", 164): 5.46,
-           ("post", "bottleneck", 1001): 7.61, ("pre", "bottleneck", 1001): 4.92}
+#: Its ResNet-110 original-unit figure is 2016's mean of 5 runs.
+HE2016B = {("post", "basic", 110): PaperValue(6.61, None, _T3, "original units, the mean of 5 runs from He et al. 2016"),
+           ("pre", "basic", 110): PaperValue(6.37, None, _T3, "full pre-activation, as reported"),
+           ("post", "bottleneck", 164): PaperValue(5.93, None, _T3, "original units, as reported"),
+           ("pre", "bottleneck", 164): PaperValue(5.46, None, _T3, "full pre-activation, as reported"),
+           ("post", "bottleneck", 1001): PaperValue(7.61, None, _T3, "original units, as reported"),
+           ("pre", "bottleneck", 1001): PaperValue(4.92, None, _T3, "full pre-activation, as reported")}
 
 
-def paper_error(dataset: str, row: pd.Series | dict[str, Any], prefer: str = "2016") -> tuple[float, str] | None:
-    """The paper's CIFAR-10 test error (%) for a variant, and its source, when the variant is one
-    of the papers' nets (CIFAR stem, width 16) on CIFAR-10; None otherwise.
+def paper_error(dataset: str, row: pd.Series | dict[str, Any], prefer: str = "2016") -> PaperValue | None:
+    """The paper's CIFAR-10 test error for a variant, labelled with what it is, when the variant
+    is one of the papers' nets (CIFAR stem, width 16) on CIFAR-10; None otherwise.
 
-    ResNet-110 is in both papers: 6.43 in Table 6 (best of 5 runs) and 6.61 in 2016b (the mean
-    of 5, against which 2016b measures pre-activation); `prefer="2016b"` picks the latter.
+    ResNet-110 is in both papers (6.61, the mean of 5 runs, in both); `prefer="2016b"` takes the
+    2016b table first, for pre- against post-activation comparisons.
     """
     if dataset != "cifar10" or row["stem"] != "cifar" or row["width"] != 16 or row["connection"] != "residual":
         return None
     key = (row["activation"], row["block"], row["depth"])
     if prefer == "2016b" and key in HE2016B:
-        return HE2016B[key], "He et al. 2016b, Table 3"
+        return HE2016B[key]
     if row["activation"] == "post" and row["block"] == "basic" and row["shortcut"] == "A" and row["depth"] in HE2016_TABLE6:
-        return HE2016_TABLE6[row["depth"]], "He et al. 2016, Table 6"
-    if key in HE2016B:
-        return HE2016B[key], "He et al. 2016b, Table 3"
-    return None
+        return HE2016_TABLE6[row["depth"]]
+    return HE2016B.get(key)
 
 
 # --------------------------------------------------------------------------- verdicts
+#
+# A finding is a question about one family, answered by one or more tests (ablate.stats): a
+# paired t-test by seed where pairing holds, Welch's t-test otherwise, Holm-corrected across all
+# the comparisons of one report. Findings are built in two passes: first every question collects
+# its comparisons, then all of them are corrected together, then each question is answered from
+# its corrected comparisons.
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Variant `b` against variant `a` on one metric (fractions); `difference` = b - a.
+    """Variant `b` against variant `a` on one metric (fractions), over their final runs' seeds.
 
-    The difference "exceeds the spread" when it is larger than the sum of the two standard
-    deviations over seeds: conservative (stricter than a two-sided t-test at 5% for 3+ seeds each),
-    and needs two seeds a side; with fewer `exceeds` is None, "not enough seeds to tell".
-    """
+    `difference` = b - a; `test` holds its 95% CI, the p-value and the method, and after Holm's
+    correction across the report `real` (the corrected test rejects at 5%)."""
 
     metric: str
     a: str
@@ -557,20 +592,43 @@ class Comparison:
     b_mean: float
     b_std: float
     b_n: int
+    test: stats.Test
 
     @property
     def difference(self) -> float:
-        return self.b_mean - self.a_mean
+        return self.test.difference
 
     @property
-    def spread(self) -> float:
-        return self.a_std + self.b_std
+    def ci_low(self) -> float:
+        return self.test.ci_low
 
     @property
-    def exceeds(self) -> bool | None:
-        if self.a_n < 2 or self.b_n < 2 or math.isnan(self.spread):
-            return None
-        return abs(self.difference) > self.spread
+    def ci_high(self) -> float:
+        return self.test.ci_high
+
+    @property
+    def p_value(self) -> float:
+        return self.test.p_value
+
+    @property
+    def p_adjusted(self) -> float:
+        return self.test.p_adjusted
+
+    @property
+    def method(self) -> str:
+        return self.test.method
+
+    @property
+    def real(self) -> bool:
+        return self.test.real
+
+    @property
+    def testable(self) -> bool:
+        return self.test.testable
+
+    @property
+    def seeds_needed(self) -> int | None:
+        return stats.seeds_needed(self.test)
 
 
 @dataclass(frozen=True)
@@ -585,11 +643,53 @@ class Finding:
     comparisons: tuple[Comparison, ...] = field(default=())
 
 
-def _compare(summary_a: pd.Series, summary_b: pd.Series, metric: str) -> Comparison:
+@dataclass(frozen=True)
+class Samples:
+    """Per variant, the final runs' values by seed, and what a seed's data order depends on."""
+
+    values: dict[str, dict[str, dict[int, float]]]  # variant -> metric -> seed -> value
+    data_order: dict[str, Any]  # variant -> the recipe's DATA_ORDER_KEYS values (None: final runs disagree)
+
+    def pairable(self, a: str, b: str) -> bool:
+        """The same seed means the same data order and augmentation on both sides."""
+        oa, ob = self.data_order.get(a), self.data_order.get(b)
+        return oa is not None and oa == ob
+
+
+def samples(trials: pd.DataFrame, recipes: dict[int, dict[str, Any]] | None = None) -> Samples:
+    """The final runs of every variant as samples for the tests. `recipes`: trial number ->
+    the recipe it ran (the `recipe` user attribute); without it pairing is judged from the
+    hyperparameter columns."""
+    from ablate.train import DATA_ORDER_KEYS
+
+    fin = _finals(trials) if len(trials) else trials
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    order: dict[str, Any] = {}
+    for name, g in fin.groupby("variant", sort=False) if len(fin) else ():
+        values[name] = {m: {int(r["seed"]): float(r[m]) for _, r in g.iterrows() if not pd.isna(r["seed"]) and not pd.isna(r[m])}
+                        for m in SUMMARY_STATS}
+        keys = set()
+        for _, r in g.iterrows():
+            rec = (recipes or {}).get(int(r["number"])) or {k: r[k] for k in DATA_ORDER_KEYS if k in r.index}
+            keys.add(json.dumps([rec.get(k) for k in DATA_ORDER_KEYS], sort_keys=True, default=str))
+        order[name] = keys.pop() if len(keys) == 1 else None
+    return Samples(values, order)
+
+
+def recipes_of(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Trial number -> the recipe the trial ran (its `recipe` user attribute)."""
+    return {t.number: t.user_attrs["recipe"] for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("recipe"), dict)}
+
+
+def _compare(summary_a: pd.Series, summary_b: pd.Series, metric: str, smp: Samples) -> Comparison:
+    a, b = str(summary_a["variant"]), str(summary_b["variant"])
+    va = smp.values.get(a, {}).get(metric, {})
+    vb = smp.values.get(b, {}).get(metric, {})
     return Comparison(
-        metric=metric, a=summary_a["variant"], b=summary_b["variant"],
+        metric=metric, a=a, b=b,
         a_mean=float(summary_a[f"{metric}_mean"]), a_std=float(summary_a[f"{metric}_std"]), a_n=int(summary_a["seeds"]),
         b_mean=float(summary_b[f"{metric}_mean"]), b_std=float(summary_b[f"{metric}_std"]), b_n=int(summary_b["seeds"]),
+        test=stats.compare(va, vb, pairable=smp.pairable(a, b)),
     )
 
 
@@ -607,13 +707,29 @@ def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def _spread_words(c: Comparison) -> str:
-    if c.exceeds is None:
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def test_words(c: Comparison) -> str:
+    """The statistics of one comparison in words: CI, test, corrected p, and what it means."""
+    if not c.testable:
         few = min(c.a_n, c.b_n)
-        return f"{_seeds(few)} {'each' if c.a_n == c.b_n else 'at least'}: not enough seeds to tell whether this exceeds the spread over seeds"
-    if c.exceeds:
-        return f"more than the spread over seeds ({c.spread * PERCENT:.1f} points)"
-    return f"within the spread over seeds ({c.spread * PERCENT:.1f} points)"
+        return f"{_seeds(few)} {'each' if c.a_n == c.b_n else 'on one side'}: not enough seeds to tell"
+    t = c.test
+    words = (f"95% CI {t.ci_low * PERCENT:+.1f} to {t.ci_high * PERCENT:+.1f} points, {t.method} "
+             f"p = {_p(t.p_value)}, Holm-corrected p = {_p(t.p_adjusted)}")
+    if c.real:
+        return f"{words}: a real difference"
+    need = c.seeds_needed
+    if need is None:
+        follow = ""
+    elif need > stats.MAX_SEEDS:
+        follow = f"; a difference this small would take more than {stats.MAX_SEEDS} seeds a side to detect"
+    else:
+        follow = (f"; about {need} seeds a side would detect a difference of this size "
+                  f"at {stats.POWER:.0%} power")
+    return f"{words}: no clear difference{follow}"
 
 
 def _points(d: float) -> str:
@@ -628,32 +744,49 @@ def _series(g: pd.DataFrame, metric: str) -> str:
     return ", ".join(f"{r['depth']}: {pct(r[f'{metric}_mean'], r[f'{metric}_std'])}" for _, r in g.iterrows())
 
 
-def _degradation(label: str, plain: pd.DataFrame) -> tuple[Finding | None, Comparison | None]:
+METRIC_LABELS = {"train_error": "training error", "test_error": "test error", "val_error": "validation error"}
+#: "training error" wherever the report shows it: as He et al. plot it, not a clean re-evaluation.
+TRAIN_ERROR_MEANING = "running error over each epoch's augmented training batches"
+
+
+@dataclass
+class _Question:
+    """A finding before its tests are corrected: its comparisons and how to answer from them."""
+
+    comparisons: list[Comparison]
+    answer: Callable[[list[Comparison]], Finding]
+
+
+def _degradation(label: str, plain: pd.DataFrame, smp: Samples) -> _Question | None:
     p = _by_depth(plain)
     if p["depth"].nunique() < 2:
-        return None, None
+        return None
     lo, hi = p.iloc[0], p.iloc[-1]
-    c = _compare(lo, hi, "train_error")
-    t = _compare(lo, hi, "test_error")
-    if c.exceeds is None:
-        answer = "not enough seeds to tell"
-    elif c.exceeds:
-        answer = "yes" if c.difference > 0 else "no (it falls)"
-    else:
-        answer = "no clear change"
-    rise = "rises" if c.difference > 0 else "falls" if c.difference < 0 else "stays"
-    text = (
-        f"Plain nets ({label}): training error {rise} from {pct(lo['train_error_mean'], lo['train_error_std'])} "
-        f"at {lo['depth']} layers to {pct(hi['train_error_mean'], hi['train_error_std'])} at {hi['depth']} layers "
-        f"({_points(c.difference)}; {_spread_words(c)}). Test error: {pct(t.a_mean, t.a_std)} to {pct(t.b_mean, t.b_std)} "
-        f"({_points(t.difference)}). Training error by depth: {_series(p, 'train_error')}."
-    )
-    if answer == "yes":
-        text += " This is the degradation problem: the deeper plain net fits its training data worse."
-    return Finding("degradation", label, "Does training error rise with depth for plain nets?", answer, text, (c, t)), c
+
+    def answer(cs: list[Comparison]) -> Finding:
+        (c,) = cs
+        if not c.testable:
+            ans = "not enough seeds to tell"
+        elif c.real:
+            ans = "yes" if c.difference > 0 else "no (it falls)"
+        else:
+            ans = "no clear difference"
+        rise = "rises" if c.difference > 0 else "falls" if c.difference < 0 else "stays"
+        text = (
+            f"Plain nets ({label}): training error {rise} from {pct(lo['train_error_mean'], lo['train_error_std'])} "
+            f"at {lo['depth']} layers to {pct(hi['train_error_mean'], hi['train_error_std'])} at {hi['depth']} layers "
+            f"({_points(c.difference)}; {test_words(c)}). Test error: {pct(lo['test_error_mean'], lo['test_error_std'])} to "
+            f"{pct(hi['test_error_mean'], hi['test_error_std'])}. Training error by depth: {_series(p, 'train_error')}."
+        )
+        if ans == "yes":
+            text += " This is the degradation problem: the deeper plain net fits its training data worse."
+        return Finding("degradation", label, "Does training error rise with depth for plain nets?", ans, text, tuple(cs))
+
+    return _Question([_compare(lo, hi, "train_error", smp)], answer)
 
 
-def _residual(label: str, plain: pd.DataFrame, residual: pd.DataFrame, plain_rise: Comparison | None) -> Finding | None:
+def _residual(label: str, plain: pd.DataFrame, residual: pd.DataFrame, smp: Samples,
+              plain_rise: _Question | None) -> _Question | None:
     r = _by_depth(residual)
     p = _by_depth(plain)
     common = sorted(set(p["depth"]) & set(r["depth"]))
@@ -661,115 +794,131 @@ def _residual(label: str, plain: pd.DataFrame, residual: pd.DataFrame, plain_ris
         return None
     d = common[-1]
     pd_, rd = p[p["depth"] == d].iloc[0], r[r["depth"] == d].iloc[0]
-    gap = _compare(pd_, rd, "train_error")  # residual - plain at the deepest shared depth
-    gap_test = _compare(pd_, rd, "test_error")
     shortcut = rd["shortcut"]
-    parts = []
-    rise = None
+    comps = [_compare(pd_, rd, "train_error", smp)]  # residual - plain at the deepest shared depth
+    lo = hi = None
     if r["depth"].nunique() >= 2:
         lo, hi = r.iloc[0], r.iloc[-1]
-        rise = _compare(lo, hi, "train_error")
+        comps.append(_compare(lo, hi, "train_error", smp))
+
+    def answer(cs: list[Comparison]) -> Finding:
+        gap, rise = cs[0], (cs[1] if len(cs) > 1 else None)
+        base = plain_rise.comparisons[0] if plain_rise is not None else None  # corrected in place by verdicts()
+        parts = []
+        if rise is not None:
+            parts.append(
+                f"Residual nets (option {shortcut} shortcuts): training error goes from {pct(lo['train_error_mean'], lo['train_error_std'])} "
+                f"at {lo['depth']} layers to {pct(hi['train_error_mean'], hi['train_error_std'])} at {hi['depth']} layers "
+                f"({_points(rise.difference)}; {test_words(rise)})."
+            )
+        better = "lower" if gap.difference < 0 else "higher"
         parts.append(
-            f"Residual nets (option {shortcut} shortcuts): training error goes from {pct(lo['train_error_mean'], lo['train_error_std'])} "
-            f"at {lo['depth']} layers to {pct(hi['train_error_mean'], hi['train_error_std'])} at {hi['depth']} layers "
-            f"({_points(rise.difference)}; {_spread_words(rise)})."
+            f"At {d} layers the residual net's training error is {pct(rd['train_error_mean'], rd['train_error_std'])} against "
+            f"{pct(pd_['train_error_mean'], pd_['train_error_std'])} for the plain net ({_points(gap.difference)}, {better}; "
+            f"{test_words(gap)}); test error {pct(rd['test_error_mean'], rd['test_error_std'])} against "
+            f"{pct(pd_['test_error_mean'], pd_['test_error_std'])}."
         )
-    better = "lower" if gap.difference < 0 else "higher"
-    parts.append(
-        f"At {d} layers the residual net's training error is {pct(rd['train_error_mean'], rd['train_error_std'])} against "
-        f"{pct(pd_['train_error_mean'], pd_['train_error_std'])} for the plain net ({_points(gap.difference)}, {better}; "
-        f"{_spread_words(gap)}); test error {pct(gap_test.b_mean, gap_test.b_std)} against {pct(gap_test.a_mean, gap_test.a_std)} "
-        f"({_points(gap_test.difference)})."
-    )
-    comparisons = tuple(x for x in (rise, gap, gap_test) if x is not None)
-    if any(x.exceeds is None for x in (gap, *(y for y in (rise, plain_rise) if y is not None))):
-        answer = "not enough seeds to tell"
-    elif plain_rise is not None and not (plain_rise.exceeds and plain_rise.difference > 0):
-        answer = "no degradation to remove"
-    elif rise is not None and rise.exceeds and rise.difference > 0:
-        answer = "no"
-        parts.append("Residual nets also train worse when deeper: the shortcuts do not remove the degradation here.")
-    elif gap.exceeds and gap.difference < 0:
-        answer = "yes"
-        parts.append("The shortcuts remove the degradation: depth no longer costs training error.")
-    else:
-        answer = "no clear difference"
-    question = "Does the residual version remove the degradation?"
-    return Finding("residual", f"{label}, option {shortcut} shortcuts", question, answer, " ".join(parts), comparisons)
+        if any(not x.testable for x in (gap, *(y for y in (rise, base) if y is not None))):
+            ans = "not enough seeds to tell"
+        elif base is not None and not (base.real and base.difference > 0):
+            ans = "no degradation to remove"
+        elif rise is not None and rise.real and rise.difference > 0:
+            ans = "no"
+            parts.append("Residual nets also train worse when deeper: the shortcuts do not remove the degradation here.")
+        elif gap.real and gap.difference < 0:
+            ans = "yes"
+            parts.append("The shortcuts remove the degradation: the deep residual net trains better than the deep plain net, "
+                         "and depth brings it no real rise in training error.")
+        else:
+            ans = "no clear difference"
+        question = "Does the residual version remove the degradation?"
+        return Finding("residual", f"{label}, option {shortcut} shortcuts", question, ans, " ".join(parts), tuple(cs))
+
+    return _Question(comps, answer)
 
 
-def _pair_finding(topic: str, question: str, label: str, pr: pd.DataFrame, a: str, b: str, dataset: str) -> Finding:
-    """The deepest pair decides the answer; every pair is listed."""
+def _pair_question(topic: str, question: str, label: str, pr: pd.DataFrame, a: str, b: str, dataset: str,
+                   smp: Samples) -> _Question:
+    """Every pair is tested (and corrected with the rest); the deepest pair decides the answer."""
     pr = pr.sort_values("depth")
-    texts = []
-    comps = []
+    sides = []
     for _, row in pr.iterrows():
         sa = pd.Series({"variant": row[f"variant_{a}"], "seeds": row[f"seeds_{a}"],
                         **{k: row[f"{k}_{a}"] for k in ("test_error_mean", "test_error_std", "train_error_mean", "train_error_std")}})
         sb = pd.Series({"variant": row[f"variant_{b}"], "seeds": row[f"seeds_{b}"],
                         **{k: row[f"{k}_{b}"] for k in ("test_error_mean", "test_error_std", "train_error_mean", "train_error_std")}})
-        c = _compare(sa, sb, "test_error")
-        comps.append(c)
-        text = (f"{row['depth']} layers: {sb['variant']} {pct(c.b_mean, c.b_std)} against {sa['variant']} {pct(c.a_mean, c.a_std)} "
-                f"test error ({_points(c.difference)}; {_spread_words(c)})")
+        sides.append((sa, sb, row))
+    comps = [_compare(sa, sb, "test_error", smp) for sa, sb, _ in sides]
+
+    def answer(cs: list[Comparison]) -> Finding:
+        texts = []
+        for c, (sa, sb, row) in zip(cs, sides):
+            text = (f"{row['depth']} layers: {sb['variant']} {pct(c.b_mean, c.b_std)} against {sa['variant']} {pct(c.a_mean, c.a_std)} "
+                    f"test error ({_points(c.difference)}; {test_words(c)})")
+            if topic == "bottleneck":
+                rp, rm = row[f"params_{b}"] / row[f"params_{a}"], row[f"macs_{b}"] / row[f"macs_{a}"]
+                text += f", with {rp:.2f}x the parameters and {rm:.2f}x the MACs"
+            paper = [paper_error(dataset, {**row.to_dict(), pair_axis(topic): side}, prefer="2016b") for side in (a, b)]
+            if all(paper):
+                text += f" (paper: {paper[1].error:.2f}% against {paper[0].error:.2f}%, {paper[1].source})"
+            texts.append(text)
+        deep, row = cs[-1], sides[-1][2]
         if topic == "bottleneck":
             rp, rm = row[f"params_{b}"] / row[f"params_{a}"], row[f"macs_{b}"] / row[f"macs_{a}"]
-            text += f", with {rp:.2f}x the parameters and {rm:.2f}x the MACs"
-        paper = [paper_error(dataset, {**row.to_dict(), pair_axis(topic): side}, prefer="2016b") for side in (a, b)]
-        if all(paper):
-            text += f" (paper: {paper[1][0]:.2f}% against {paper[0][0]:.2f}%, {paper[1][1]})"
-        texts.append(text)
-    deep, row = comps[-1], pr.iloc[-1]
-    if topic == "bottleneck":
-        rp, rm = row[f"params_{b}"] / row[f"params_{a}"], row[f"macs_{b}"] / row[f"macs_{a}"]
-        cheaper, dearer = rp < 1 and rm < 1, rp > 1 and rm > 1
-        if deep.exceeds is None:
-            answer = "not enough seeds to tell"
-        elif not deep.exceeds:
-            answer = "yes" if cheaper else "no" if dearer else "mixed"
-        elif deep.difference < 0:
-            answer = "yes" if rp <= 1 and rm <= 1 else "trade-off"
+            cheaper, dearer = rp < 1 and rm < 1, rp > 1 and rm > 1
+            if not deep.testable:
+                ans = "not enough seeds to tell"
+            elif not deep.real:
+                ans = "yes" if cheaper else "no" if dearer else "mixed"
+            elif deep.difference < 0:
+                ans = "yes" if rp <= 1 and rm <= 1 else "trade-off"
+            else:
+                ans = "no" if rp >= 1 and rm >= 1 else "trade-off"
+            tail = {"yes": "The bottleneck net is better per parameter and per MAC: as accurate or better for less.",
+                    "no": "The bottleneck net is not better per parameter or per MAC here.",
+                    "trade-off": "A trade-off: one is cheaper, the other more accurate.",
+                    "mixed": "Mixed: cheaper in one measure, dearer in the other, with no clear difference in accuracy.",
+                    "not enough seeds to tell": ""}[ans]
         else:
-            answer = "no" if rp >= 1 and rm >= 1 else "trade-off"
-        tail = {"yes": "The bottleneck net is better per parameter and per MAC: as accurate or better for less.",
-                "no": "The bottleneck net is not better per parameter or per MAC here.",
-                "trade-off": "A trade-off: one is cheaper, the other more accurate.",
-                "mixed": "Mixed: cheaper in one measure, dearer in the other, at equal accuracy.",
-                "not enough seeds to tell": ""}[answer]
-    else:
-        if deep.exceeds is None:
-            answer = "not enough seeds to tell"
-        elif deep.exceeds:
-            answer = "yes" if deep.difference < 0 else "no (it hurts)"
-        else:
-            answer = "no clear difference"
-        tail = {"yes": "Pre-activation helps at depth.", "no (it hurts)": "Pre-activation is worse here.",
-                "no clear difference": "No difference beyond the spread over seeds.", "not enough seeds to tell": ""}[answer]
-    text = "; ".join(texts) + "." + (f" {tail}" if tail else "")
-    return Finding(topic, label, question, answer, text, tuple(comps))
+            if not deep.testable:
+                ans = "not enough seeds to tell"
+            elif deep.real:
+                ans = "yes" if deep.difference < 0 else "no (it hurts)"
+            else:
+                ans = "no clear difference"
+            tail = {"yes": "Pre-activation helps at depth.", "no (it hurts)": "Pre-activation is worse here.",
+                    "no clear difference": "No clear difference at this number of seeds.", "not enough seeds to tell": ""}[ans]
+        text = "; ".join(texts) + "." + (f" {tail}" if tail else "")
+        return Finding(topic, label, question, ans, text, tuple(cs))
+
+    return _Question(comps, answer)
 
 
 def pair_axis(topic: str) -> str:
     return {"preact": "activation", "bottleneck": "block"}[topic]
 
 
-def verdicts(summary: pd.DataFrame, dataset: str = "") -> list[Finding]:
+def verdicts(summary: pd.DataFrame, dataset: str = "", smp: Samples | None = None) -> list[Finding]:
     """The study's answers, family by family: degradation of plain nets, its removal by
     shortcuts, pre- vs post-activation at equal depth, bottleneck vs basic per parameter and MAC.
-    Questions a study cannot ask (no plain nets, one depth, no pairs) give no finding."""
-    findings: list[Finding] = []
+    Questions a study cannot ask (no plain nets, one depth, no pairs) give no finding.
+
+    `smp`: the final runs' per-seed values (`samples(trials)`); every comparison of every
+    finding is tested on them and Holm-corrected together (ablate.stats)."""
     if summary.empty:
-        return findings
+        return []
+    smp = smp or Samples({}, {})
+    questions: list[_Question] = []
     for label, g in _groups(summary, FAMILY_AXES):
         plain, residual = g[g["connection"] == "plain"], g[g["connection"] == "residual"]
-        finding, rise = _degradation(label, plain)
-        if finding is not None:
-            findings.append(finding)
+        rise = _degradation(label, plain, smp)
+        if rise is not None:
+            questions.append(rise)
         if len(plain):
             for _, res in residual.groupby("shortcut", sort=False):
-                f = _residual(label, plain, res, rise)
-                if f is not None:
-                    findings.append(f)
+                q = _residual(label, plain, res, smp, rise)
+                if q is not None:
+                    questions.append(q)
     for topic, axis, a, b, question in (
         ("preact", "activation", "post", "pre", "Does pre-activation help at depth?"),
         ("bottleneck", "block", "basic", "bottleneck", "Is the bottleneck block better per parameter and per MAC?"),
@@ -780,12 +929,22 @@ def verdicts(summary: pd.DataFrame, dataset: str = "") -> list[Finding]:
         held = [x for x in ("connection", "activation", "block", "stem", "width", "shortcut") if x != axis]
         for _, group in pr.groupby(held, sort=False, dropna=False):
             label = family_label(group.iloc[0], held)
-            findings.append(_pair_finding(topic, question, label, group, a, b, dataset))
-    return findings
+            questions.append(_pair_question(topic, question, label, group, a, b, dataset, smp))
+    # Holm across every comparison of the report, then answer each question from its corrected tests.
+    flat = [c for q in questions for c in q.comparisons]
+    corrected = iter(stats.correct([c.test for c in flat]))
+    for q in questions:
+        q.comparisons[:] = [dataclasses.replace(c, test=next(corrected)) for c in q.comparisons]
+    return [q.answer(q.comparisons) for q in questions]
+
+
+FINDING_COLUMNS = ("topic", "family", "question", "answer", "metric", "a", "b", "a_mean", "a_std", "a_n",
+                   "b_mean", "b_std", "b_n", "difference", "ci_low", "ci_high", "p_value", "p_adjusted", "method", "real")
 
 
 def findings_table(findings: list[Finding]) -> pd.DataFrame:
-    """The findings flat, one row per comparison, for export and tests."""
+    """The findings flat, one row per comparison, for export and tests. `p_value` is the test's
+    own, `p_adjusted` Holm-corrected across the report, `real` whether that rejects at 5%."""
     rows = []
     for f in findings:
         for c in f.comparisons or (None,):
@@ -794,7 +953,8 @@ def findings_table(findings: list[Finding]) -> pd.DataFrame:
                 **({} if c is None else {
                     "metric": c.metric, "a": c.a, "b": c.b, "a_mean": c.a_mean, "a_std": c.a_std, "a_n": c.a_n,
                     "b_mean": c.b_mean, "b_std": c.b_std, "b_n": c.b_n, "difference": c.difference,
-                    "spread": c.spread, "exceeds": c.exceeds,
+                    "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value, "p_adjusted": c.p_adjusted,
+                    "method": c.method, "real": bool(c.real),
                 }),
             })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))

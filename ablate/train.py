@@ -28,13 +28,21 @@ from ablate.models import build_model, count_params, measure
 from ablate.variants import VariantSpec
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+WARMUPS = ("linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+#: Recipe keys that decide which examples a seed's batches hold and how they are augmented: two
+#: runs with the same seed and equal values here saw the same batches (what a paired test needs).
+DATA_ORDER_KEYS = ("batch_size", "augment", "train_subset", "val_size")
+#: Keys that say the same thing in two units; a recipe gives at most one of each pair.
+ALTERNATIVES = (("epochs", "iterations"), ("milestones", "milestone_iterations"), ("warmup_epochs", "warmup_iterations"))
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How one variant is trained. Units in comments; defaults follow He et al. 2016, Sec. 4.2."""
 
-    epochs: int = 2
+    epochs: int | None = 2  # passes over the training data; or give `iterations` instead
+    iterations: int | None = None  # optimizer steps in all (He et al. 2016: 64k on CIFAR-10); the last epoch may be partial
     batch_size: int = 128
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9
@@ -42,8 +50,11 @@ class Recipe:
     weight_decay: float = 1e-4  # L2, applied by SGD to every parameter as in the paper
     schedule: str = "step"  # constant | step | cosine | onecycle
     milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of training where lr *= gamma
+    milestone_iterations: tuple[int, ...] | None = None  # step: or the optimizer steps where lr *= gamma (32000, 48000)
     gamma: float = 0.1  # step: the factor at each milestone
-    warmup_epochs: float = 0.0  # linear warm-up from warmup_lr to lr over this many epochs
+    warmup_epochs: float = 0.0  # warm-up from warmup_lr to lr over this many epochs
+    warmup_iterations: int | None = None  # or over this many optimizer steps (He et al.: 400)
+    warmup: str = "linear"  # linear: ramp from warmup_lr to lr; constant: warmup_lr, then lr (He et al. 2016, 2016b)
     warmup_lr: float = 0.01  # He et al. warm ResNet-110 up at 0.01
     label_smoothing: float = 0.0
     augment: tuple[str, ...] = ("crop", "flip")  # on the device, whole batches
@@ -51,6 +62,7 @@ class Recipe:
     val_size: int = 0  # examples held out of the training split for validation (He et al.: 5000)
     resize: int | None = None  # train and test at this many pixels a side (upsampled on the device; d2l uses 224)
     compile: bool = False  # torch.compile the model (CUDA; slow to start, fast after)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on a CPU; bf16; fp32 (as the papers trained; no TF32)
 
     def __post_init__(self) -> None:
         check_recipe(self)
@@ -64,11 +76,15 @@ def check_recipe(r: Recipe) -> None:
     """Every key against what it may be; a ValueError naming the key and the fix otherwise."""
     for f in fields(Recipe):
         value = getattr(r, f.name)
-        if f.name in ("milestones", "augment") and isinstance(value, list):
+        if f.name in ("milestones", "milestone_iterations", "augment") and isinstance(value, list):
             object.__setattr__(r, f.name, tuple(value))
-    ints = {"epochs": 1, "batch_size": 2}
+    if (r.epochs is None) == (r.iterations is None):
+        _fail("epochs", "give the length of training once: epochs = N (passes over the data) or iterations = N (optimizer steps)")
+    ints = {"epochs": 1, "iterations": 1, "batch_size": 2}
     for key, low in ints.items():
         v = getattr(r, key)
+        if v is None and key != "batch_size":
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             _fail(key, f"{v!r} is not valid; use an integer >= {low}")
     for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "warmup_lr", "label_smoothing"):
@@ -91,7 +107,27 @@ def check_recipe(r: Recipe) -> None:
         r.milestones
     ) != sorted(r.milestones):
         _fail("milestones", f"{list(r.milestones)!r} is not valid; use increasing fractions of training in (0, 1), e.g. [0.5, 0.75]")
-    if r.warmup_epochs > r.epochs:
+    if r.milestone_iterations is not None:
+        m = r.milestone_iterations
+        if not isinstance(m, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in m) or list(m) != sorted(set(m)):
+            _fail("milestone_iterations", f"{list(m) if isinstance(m, tuple) else m!r} is not valid; use increasing optimizer steps, e.g. [32000, 48000]")
+        if r.milestones:
+            _fail("milestones", "give the step schedule's milestones once: milestones (fractions of training) or milestone_iterations (optimizer steps)")
+        if r.iterations is not None and m and m[-1] >= r.iterations:
+            _fail("milestone_iterations", f"{m[-1]} is not before the end of training ({r.iterations} iterations)")
+    if r.warmup_iterations is not None:
+        w = r.warmup_iterations
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            _fail("warmup_iterations", f"{w!r} is not valid; use a number of optimizer steps >= 0, e.g. 400")
+        if r.warmup_epochs:
+            _fail("warmup_epochs", "give the warm-up once: warmup_epochs or warmup_iterations")
+        if r.iterations is not None and w >= r.iterations:
+            _fail("warmup_iterations", f"{w} is not shorter than training ({r.iterations} iterations)")
+    if r.warmup not in WARMUPS:
+        _fail("warmup", f"{r.warmup!r} is not valid; use one of {', '.join(WARMUPS)}")
+    if r.precision not in PRECISIONS:
+        _fail("precision", f"{r.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
+    if r.epochs is not None and r.warmup_epochs > r.epochs:
         _fail("warmup_epochs", f"{r.warmup_epochs} is longer than training ({r.epochs} epochs)")
     if isinstance(r.augment, str) or not isinstance(r.augment, tuple):
         _fail("augment", f"{r.augment!r} is not valid; use a list such as [\"crop\", \"flip\"] (or [])")
@@ -114,23 +150,82 @@ def make_recipe(table: dict[str, Any]) -> Recipe:
     for key in table:
         if key not in valid:
             _fail(key, f"unknown recipe key; valid keys: {', '.join(valid)}")
+    table = dict(table)
+    for first, second in ALTERNATIVES:
+        if first in table and second in table:
+            _fail(second, f"give {first} or {second}, not both: they say the same thing in two units")
+        if second in table:  # the other spelling: clear the default of the first
+            table[first] = None if first == "epochs" else () if first == "milestones" else 0.0
     try:
         return Recipe(**table)
     except TypeError as exc:  # e.g. a comparison between a string and a number
         raise ValueError(f"recipe: {exc}") from None
 
 
-def lr_at(r: Recipe, step: int, total: int, steps_per_epoch: int) -> float:
-    """The learning rate of optimisation step `step` (0-based) of `total`: a pure function, so a
+def steps_per_epoch(batch_size: int, train_size: int) -> tuple[int, bool]:
+    """Optimizer steps in one pass over `train_size` examples, and whether the last partial
+    batch is dropped (it is, when there are two or more full batches: a batch of 1 breaks BatchNorm)."""
+    drop_last = train_size >= batch_size * 2
+    return (train_size // batch_size if drop_last else math.ceil(train_size / batch_size)), drop_last
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recipe resolved against the number of training examples: everything in optimizer steps."""
+
+    train_size: int  # images trained on (after the subset and the validation hold-out)
+    steps_per_epoch: int
+    drop_last: bool
+    iterations: int  # optimizer steps in all
+    epochs: int  # passes over the data (the last may be partial when `iterations` was given)
+    milestones: tuple[int, ...]  # step schedule: the first step at each lower rate
+    warmup_iterations: int
+    warmup_lr: float
+    warmup: str
+
+    def describe(self, recipe: Recipe) -> dict[str, Any]:
+        """The resolved recipe as `ablate variants --json` shows it."""
+        return {
+            "train_size": self.train_size, "batch_size": recipe.batch_size, "steps_per_epoch": self.steps_per_epoch,
+            "iterations": self.iterations, "epochs": self.epochs, "schedule": recipe.schedule, "lr": recipe.lr,
+            "milestones": list(self.milestones) if recipe.schedule == "step" else [], "gamma": recipe.gamma,
+            "warmup": self.warmup, "warmup_iterations": self.warmup_iterations, "warmup_lr": self.warmup_lr,
+            "momentum": recipe.momentum, "weight_decay": recipe.weight_decay, "precision": recipe.precision,
+            "augment": list(recipe.augment),
+        }
+
+
+def train_size(recipe: Recipe, info) -> int:
+    """How many images a recipe trains on for a dataset: its subset, else the split less the hold-out."""
+    return recipe.train_subset if recipe.train_subset is not None else info.train_size - recipe.val_size
+
+
+def schedule(recipe: Recipe, n_train: int) -> Schedule:
+    spe, drop_last = steps_per_epoch(recipe.batch_size, n_train)
+    spe = max(1, spe)
+    total = recipe.iterations if recipe.iterations is not None else spe * recipe.epochs
+    epochs = math.ceil(total / spe)
+    if recipe.milestone_iterations is not None:
+        milestones = tuple(recipe.milestone_iterations)
+    else:  # fractions: the first step whose fraction of training done reaches the milestone
+        milestones = tuple(math.ceil(m * total) for m in recipe.milestones)
+    warmup = recipe.warmup_iterations if recipe.warmup_iterations is not None else round(recipe.warmup_epochs * spe)
+    return Schedule(n_train, spe, drop_last, total, epochs, milestones, min(warmup, total), recipe.warmup_lr, recipe.warmup)
+
+
+def lr_at(r: Recipe, step: int, sched: Schedule) -> float:
+    """The learning rate of optimisation step `step` (0-based): a pure function of the step, so a
     resumed run needs only the step count to continue the schedule exactly."""
-    warmup = round(r.warmup_epochs * steps_per_epoch)
+    total, warmup = sched.iterations, sched.warmup_iterations
     if step < warmup:
+        if sched.warmup == "constant":  # He et al. 2016: 0.01 until training error is below 80%, ~400 iterations
+            return r.warmup_lr
         return r.warmup_lr + (r.lr - r.warmup_lr) * step / warmup
     t = step / total  # fraction of training done
     if r.schedule == "constant":
         return r.lr
     if r.schedule == "step":
-        return r.lr * r.gamma ** sum(t >= m for m in r.milestones)
+        return r.lr * r.gamma ** sum(step >= m for m in sched.milestones)
     if r.schedule == "cosine":
         t = (step - warmup) / max(1, total - warmup)
         return 0.5 * r.lr * (1 + math.cos(math.pi * t))
@@ -217,8 +312,12 @@ class Precision:
     channels_last: bool = False
 
 
-def precision_for(device: torch.device) -> Precision:
-    return Precision(torch.bfloat16, True) if device.type == "cuda" else Precision()
+def precision_for(device: torch.device, setting: str = "auto") -> Precision:
+    """A recipe's `precision` on a device: auto is bf16 on CUDA and fp32 on a CPU; channels_last
+    on CUDA whatever the precision (it is a layout)."""
+    cuda = device.type == "cuda"
+    bf16 = setting == "bf16" or (setting == "auto" and cuda)
+    return Precision(torch.bfloat16 if bf16 else None, cuda)
 
 
 def _autocast(device: torch.device, precision: Precision):
@@ -306,12 +405,15 @@ def train(
     to the same result as an uninterrupted run. `precision` defaults to the device's own.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    precision = precision or precision_for(device)
+    precision = precision or precision_for(device, recipe.precision)
     info = data.info
     check_data(recipe, data)
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        # fp32 means fp32: cuDNN would otherwise run convolutions in TF32 (10-bit mantissa).
+        torch.backends.cudnn.allow_tf32 = precision.autocast is not None
+        torch.backends.cuda.matmul.allow_tf32 = False
     model = build_model(spec, info).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -328,9 +430,8 @@ def train(
     gen.manual_seed(seed)
 
     n = len(data.train.labels)
-    drop_last = n >= recipe.batch_size * 2  # a last batch of 1 would break BatchNorm
-    steps_per_epoch = n // recipe.batch_size if drop_last else math.ceil(n / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
+    sched = schedule(recipe, n)
+    drop_last, total = sched.drop_last, sched.iterations
     history: list[Epoch] = []
     start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -354,16 +455,18 @@ def train(
                       history=tuple(history), resumed_from=resumed_from, **kw)
 
     model.train()
-    for epoch in range(start_epoch + 1, recipe.epochs + 1):
+    for epoch in range(start_epoch + 1, sched.epochs + 1):
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), dtype=torch.int64, device=device)
         grad_sums = torch.zeros(len(stages), device=device)
         seen = 0
-        step = (epoch - 1) * steps_per_epoch
+        step = (epoch - 1) * sched.steps_per_epoch
         lr = recipe.lr
         for i, (images, labels) in enumerate(batches(data.train, recipe.batch_size, shuffle=True, generator=gen, drop_last=drop_last)):
-            lr = lr_at(recipe, step, total, steps_per_epoch)
+            if step >= total:  # `iterations` ends training inside this epoch
+                break
+            lr = lr_at(recipe, step, sched)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if recipe.augment:
@@ -391,7 +494,7 @@ def train(
         if not torch.isfinite(loss_sum):
             return result(diverged=True, diverged_epoch=epoch, reason=f"loss became {loss_sum.item()} at epoch {epoch} (lr {lr:.4g})")
         train_seconds = time.perf_counter() - t0
-        steps = max(1, steps_per_epoch)
+        steps = max(1, step - (epoch - 1) * sched.steps_per_epoch)
         norms = (grad_sums / steps).tolist()
         record = Epoch(
             epoch=epoch,

@@ -179,6 +179,20 @@ def test_macs_match_the_reference_figures(name, size, giga):
     assert abs(macs / 1e9 - giga) / giga < 0.005
 
 
+def test_cifar_bottleneck_strides_on_its_first_1x1_as_he_et_al_code_does():
+    # resnet-1k-layers (He et al. 2016b's code) strides the first 1x1 conv of a downsampling
+    # bottleneck unit; torchvision's ImageNet nets (ResNet V1.5) stride the 3x3.
+    def first_unit_convs(model):
+        return [m for m in model.stage2[0].body if isinstance(m, nn.Conv2d)]
+
+    cifar = first_unit_convs(build_model(get_variant("preact-resnet-164"), CIFAR))
+    assert [(c.kernel_size[0], c.stride[0]) for c in cifar] == [(1, 2), (3, 1), (1, 1)]
+    imagenet = first_unit_convs(build_model(get_variant("resnet-50"), IMAGENET))
+    assert [(c.kernel_size[0], c.stride[0]) for c in imagenet] == [(1, 1), (3, 2), (1, 1)]
+    # The placement changes the MACs (the 3x3 runs at the lower resolution): 244.5M, not 248.0M.
+    assert measure(get_variant("preact-resnet-164"), CIFAR)[1] == 244_500_992
+
+
 def flop_counter_macs(model: nn.Module, info) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.empty(1, info.channels, info.size, info.size, device="meta"))
