@@ -39,11 +39,14 @@ def _load(path: Path) -> Study:
 
 def variant_rows(study: Study) -> list[dict[str, object]]:
     from ablate.models import measure  # torch is imported only when needed
+    from ablate.train import schedule, train_size
 
     rows = []
     for spec in study.variants:
         params, macs = measure(spec, study.info)
-        rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs})
+        recipe = study.recipe_for(spec)
+        resolved = schedule(recipe, train_size(recipe, study.info)).describe(recipe)
+        rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs, "recipe": resolved})
     return rows
 
 
@@ -59,13 +62,16 @@ def variants(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{s.info.size}x{s.info.size})")
-    for col in ("name", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "params", "MACs"):
-        table.add_column(col, justify="right" if col in ("depth", "width", "params", "MACs") else "left")
+    for col in ("name", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "params", "MACs",
+                "iterations", "warm-up"):
+        table.add_column(col, justify="right" if col in ("depth", "width", "params", "MACs", "iterations") else "left")
     for r in rows:
         table.add_row(
             str(r["name"]), str(r["connection"]), str(r["activation"]), str(r["block"]), str(r["depth"]),
             r["shortcut"] or "-", str(r["stem"]), str(r["width"]), "-".join(map(str, r["blocks"])),
-            human(r["params"]), human(r["macs"]),
+            human(r["params"]), human(r["macs"]), str(r["recipe"]["iterations"]),
+            f'{r["recipe"]["warmup_iterations"]} ({r["recipe"]["warmup"]}, lr {r["recipe"]["warmup_lr"]:g})'
+            if r["recipe"]["warmup_iterations"] else "-",
         )
     _console().print(table)
 

@@ -126,7 +126,10 @@ def power(n: int, effect: float, paired: bool, alpha: float = ALPHA) -> float:
     df = n - 1 if paired else 2 * n - 2
     nc = abs(effect) * math.sqrt(n if paired else n / 2)
     crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if math.isnan(p):  # scipy's nct loses precision far in the tail (large df and noncentrality): the normal limit
+        p = float(stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc))
+    return p
 
 
 def seeds_needed(test: Test, target: float = POWER, alpha: float = ALPHA) -> int | None:
