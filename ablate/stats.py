@@ -77,18 +77,21 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], pairable: bool = Tru
         va, vb = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
         d = vb - va
         sd = float(np.std(d, ddof=1))
-        if sd == 0.0:  # every seed moved by exactly the same amount: scipy's t is undefined
+        if sd <= _TINY * max(1.0, float(np.abs(d).max())):  # every seed moved by the same amount (to rounding): t is undefined
             return _degenerate(diff, PAIRED, len(va), len(vb))
         result = stats.ttest_rel(vb, va)
         method = PAIRED
     else:
         sd = math.sqrt((np.var(xa, ddof=1) + np.var(xb, ddof=1)) / 2)
-        if sd == 0.0:
+        if sd <= _TINY * max(1.0, float(np.abs(np.concatenate([xa, xb])).max())):
             return _degenerate(diff, WELCH, len(xa), len(xb))
         result = stats.ttest_ind(xb, xa, equal_var=False)
         method = WELCH
     ci = result.confidence_interval(CONFIDENCE)
     return Test(diff, float(ci.low), float(ci.high), float(result.pvalue), method, len(xa), len(xb), sd)
+
+
+_TINY = 1e-12  # a spread below this (relative to the values) is rounding, not noise
 
 
 def _degenerate(diff: float, method: str, n_a: int, n_b: int) -> Test:

@@ -44,6 +44,7 @@ batch_size = 64
 lr = 0.1
 schedule = "onecycle"
 train_subset = 512
+val_size = 256
 [search]
 trials = 2
 lr = { low = 0.02, high = 0.3, log = true }
@@ -88,6 +89,28 @@ def test_params_cover_axes_recipe_and_seed():
     final = driver.fixed_params(study, driver.study_units(study)[2], best={"lr": 0.123})
     assert final["lr"] == 0.123 and final["seed"] == 1
     assert dists["shortcut"].choices == ("A", "none")
+
+
+def test_a_variants_recipe_override_is_in_its_params_and_the_definition(tmp_path):
+    study = parse_study(SMALL.replace("[seeds]", """[[variant]]
+connection = "residual"
+depth = 20
+train = { iterations = 40, warmup = "constant", warmup_iterations = 5 }
+[seeds]"""))
+    assert study.search is not None and driver.objective_metric(study) == "val_error"
+    dists = driver.distributions(study)
+    units = {(u.variant.name, u.kind, u.index): u for u in driver.study_units(study)}
+    r20 = driver.fixed_params(study, units["resnet-20-w4", "final", 0], best={"lr": 0.1})
+    r8 = driver.fixed_params(study, units["resnet-8-w4", "final", 0], best={"lr": 0.1})
+    assert (r20["iterations"], r20["warmup"], r20["warmup_iterations"]) == (40, "constant", 5) and "epochs" not in r20
+    assert r8["epochs"] == 2 and "iterations" not in r8 and r8["warmup"] == "linear"
+    for params in (r20, r8):
+        for name, value in params.items():
+            assert dists[name]._contains(dists[name].to_internal_repr(value)), name
+    assert set(driver.param_keys(study, units["resnet-8-w4", "search", 0])) == {*r8}  # lr: searched
+    assert json.loads(driver.definition(study))["overrides"] == {"resnet-20-w4": {"iterations": 40, "warmup": "constant", "warmup_iterations": 5}}
+    recipe = driver.trial_recipe(study, units["resnet-20-w4", "final", 0], {**r20, "lr": 0.07})
+    assert (recipe.iterations, recipe.lr, recipe.train_subset) == (40, 0.07, 512)
 
 
 def test_sampler_and_pruner_see_only_the_same_variants_search_trials():
@@ -171,7 +194,9 @@ def test_run_end_to_end_and_again_trains_nothing(tmp_path):
             assert key in t.params, key
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert sorted(t.intermediate_values) == [1, 2]
-            assert t.value == t.user_attrs["test_error"] == t.intermediate_values[2]
+            # The search steers on validation error; the test error is recorded, never optimised.
+            assert t.value == t.user_attrs["val_error"] == t.intermediate_values[2]
+            assert 0 < t.user_attrs["test_error"] < 1 and t.user_attrs["test_error"] != t.user_attrs["val_error"]
             for key in ("variant", "params", "macs", "train_error", "test_error", "history", "images_per_second", "device", "versions", "recipe"):
                 assert key in t.user_attrs, key
             assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]

@@ -30,7 +30,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ablate import report, tables
+from ablate import report, stats, tables
 from ablate.data import DATASETS, FASHION_MNIST_SYSTEM_DIR
 from ablate.models import measure
 from ablate.tables import ReportError
@@ -71,9 +71,10 @@ def final_errors(spec: VariantSpec, seed: int, lr: float) -> tuple[float, float]
     return float(train), float(test)
 
 
-def history(spec: VariantSpec, seed: int, lr: float, epochs: int) -> list[dict[str, Any]]:
+def history(spec: VariantSpec, seed: int, lr: float, epochs: int, val: bool = False) -> list[dict[str, Any]]:
     """Epoch records as `ablate.train.Epoch` (asdict), decaying towards the final errors, with a
-    step at each lr milestone; per-stage gradient norms that vanish towards the stem of deep plain nets."""
+    step at each lr milestone; per-stage gradient norms that vanish towards the stem of deep plain nets.
+    With `val`, a validation error close to the test error (a held-out split of the training set)."""
     train_f, test_f = final_errors(spec, seed, lr)
     out = []
     for e in range(1, epochs + 1):
@@ -87,7 +88,8 @@ def history(spec: VariantSpec, seed: int, lr: float, epochs: int) -> list[dict[s
             dist = len(names) - 1 - i  # stages between this one and the head
             per = 0.5 ** (spec.depth / 20) if spec.connection == "plain" else 0.9
             norms[s] = head * per ** dist
-        out.append({"epoch": e, "train_loss": train * 3, "train_error": train, "test_error": test, "val_error": None,
+        out.append({"epoch": e, "train_loss": train * 3, "train_error": train, "test_error": test,
+                    "val_error": test + 0.004 * math.sin(e + seed) if val else None,
                     "lr": lr * (0.1 if e > epochs // 2 else 1), "seconds": 2.0 + spec.depth / 20,
                     "images_per_second": 50_000 / (2.0 + spec.depth / 20), "grad_norms": norms})
     return out
@@ -159,12 +161,15 @@ def write_study(url: str | optuna.storages.BaseStorage, name: str, runs: list[Ru
     """A study in `url` exactly as docs/storage.md says `ablate run` stores one."""
     specs = variants or list(dict.fromkeys(r.spec for r in runs))
     study = optuna.create_study(storage=url, study_name=name, direction="minimize")
-    recipe = {**RECIPE, "epochs": epochs}
+    searched = search is not None
+    recipe = {**RECIPE, "epochs": epochs, "val_size": 5000 if searched else 0}  # a search needs a validation split
+    metric = "val_error" if searched else "test_error"  # what the driver optimises (driver.objective_metric)
     text = study_file if study_file is not None else f'name = "{name}"\ndescription = "{description}"\ndataset = "{dataset}"\n'
     attrs = {
         "ablate_version": "0.1.0", "study_file": text, "study_path": f"studies/{name}.toml", "description": description,
         "dataset": dataset, "variants": [variant_entry(s, dataset) for s in specs], "recipe": recipe, "search": search,
         "seeds": seeds, "units": units if units is not None else len({(r.spec, r.kind, r.index) for r in runs}),
+        "objective": metric,
     }
     attrs["definition"] = json.dumps({k: attrs[k] for k in ("variants", "recipe", "search", "seeds", "dataset")}, sort_keys=True)
     for k, v in attrs.items():
@@ -177,7 +182,7 @@ def write_study(url: str | optuna.storages.BaseStorage, name: str, runs: list[Ru
                 choices[k].append(v)
     for r, params in zip(runs, all_params):
         entry = variant_entry(r.spec, dataset)
-        hist = history(r.spec, r.seed, r.lr, epochs)
+        hist = history(r.spec, r.seed, r.lr, epochs, val=searched)
         if r.stop_epoch is not None:
             hist = hist[: r.stop_epoch]
         trial_recipe = {**recipe, "lr": r.lr}
@@ -191,15 +196,15 @@ def write_study(url: str | optuna.storages.BaseStorage, name: str, runs: list[Ru
             if hist:
                 ua["images_per_second"] = float(np.mean([h["images_per_second"] for h in hist[1:] or hist]))
         if r.state == TrialState.COMPLETE:
-            ua.update(train_error=hist[-1]["train_error"], test_error=hist[-1]["test_error"], val_error=None)
+            ua.update(train_error=hist[-1]["train_error"], test_error=hist[-1]["test_error"], val_error=hist[-1]["val_error"])
         if r.failure is not None:
             ua["failure"] = r.failure
         if r.diverged_epoch is not None:
             ua["diverged_epoch"] = r.diverged_epoch
         ua.update(r.extra)
         study.add_trial(optuna.trial.create_trial(
-            state=r.state, value=hist[-1]["test_error"] if r.state == TrialState.COMPLETE else None, params=params,
-            distributions=dists, user_attrs=ua, intermediate_values={h["epoch"]: h["test_error"] for h in hist},
+            state=r.state, value=hist[-1][metric] if r.state == TrialState.COMPLETE else None, params=params,
+            distributions=dists, user_attrs=ua, intermediate_values={h["epoch"]: h[metric] for h in hist},
         ))
     return study
 
@@ -308,10 +313,10 @@ def test_trials_table_has_one_row_per_trial_with_axes_states_and_hyperparameters
     assert (plain["connection"], plain["shortcut"], plain["blocks"], plain["depth"], plain["width"]) == ("plain", "none", "3-3-3", 20, 16)
     assert plain["params"] == 272_474 or plain["params"] == pytest.approx(0.27e6, rel=0.02)
     done = t[t["state"] == "COMPLETE"]
-    assert (done["value"] == done["test_error"]).all()
+    assert (done["value"] == done["val_error"]).all() and (done["value"] != done["test_error"]).all()  # searched: on validation
     assert done["train_error"].between(0, 1).all() and done["epochs_done"].eq(6).all()
     pruned = t[t["state"] == "PRUNED"].iloc[0]
-    assert pruned["epochs_done"] == 3 and not math.isnan(pruned["last_test_error"]) and math.isnan(pruned["value"])
+    assert pruned["epochs_done"] == 3 and not math.isnan(pruned["last_value"]) and math.isnan(pruned["value"])
     running = t[t["state"] == "RUNNING"].iloc[0]
     assert running["epochs_done"] == 2  # from its intermediate values: no history yet
     assert json.loads(done.iloc[0]["versions"]) == VERSIONS
@@ -360,7 +365,9 @@ def test_verdict_finds_degradation_and_its_removal(storage):
     deg = by[("degradation", fam)]
     assert deg.answer == "yes"
     c = deg.comparisons[0]
-    assert (c.a, c.b, c.metric) == ("plain-20", "plain-56", "train_error") and c.difference > 0 and c.exceeds
+    assert (c.a, c.b, c.metric) == ("plain-20", "plain-56", "train_error") and c.difference > 0 and c.real
+    assert c.method == "paired t-test" and c.ci_low > 0 and c.p_adjusted < 0.05 and c.p_adjusted >= c.p_value
+    assert "95% CI" in deg.text and "paired t-test" in deg.text and "Holm-corrected p" in deg.text
     assert "from" in deg.text and "20 layers" in deg.text and "56 layers" in deg.text and "±" in deg.text
     res = by[("residual", fam + ", option A shortcuts")]
     assert res.answer == "yes" and "remove" in res.text
@@ -380,11 +387,36 @@ def test_one_seed_says_not_enough_seeds_to_tell(storage):
     assert d.summary["train_error_std"].isna().all()
 
 
-def test_comparison_rule():
-    c = tables.Comparison("test_error", "a", "b", 0.10, 0.01, 3, 0.13, 0.01, 3)
-    assert c.difference == pytest.approx(0.03) and c.spread == pytest.approx(0.02) and c.exceeds is True
-    assert tables.Comparison("test_error", "a", "b", 0.10, 0.02, 3, 0.13, 0.02, 3).exceeds is False
-    assert tables.Comparison("test_error", "a", "b", 0.10, math.nan, 1, 0.2, 0.01, 3).exceeds is None
+def test_findings_table_has_the_tests_and_holm_spans_the_report(storage):
+    d = load(storage, "everything")
+    f = tables.findings_table(d.findings)
+    assert list(f.columns) == list(tables.FINDING_COLUMNS)
+    assert {"spread", "exceeds"}.isdisjoint(f.columns)
+    assert (f["ci_low"] <= f["difference"]).all() and (f["difference"] <= f["ci_high"]).all()
+    assert set(f["method"]) == {"paired t-test"}  # every variant ran seeds 1-3 with the same data order
+    # Holm across every comparison of the report: corrected = the step-down of all raw p-values.
+    assert list(f["p_adjusted"]) == pytest.approx(stats.holm(list(f["p_value"])))
+    assert (f["real"] == (f["p_adjusted"] < 0.05)).all()
+
+
+def test_no_clear_difference_says_how_many_seeds_would_tell(storage):
+    d = load(storage, "preact")  # 2 seeds a side: pre-activation's small gain is not detectable
+    pre = [f for f in d.findings if f.topic == "preact"]
+    assert [f.answer for f in pre] == ["no clear difference", "no clear difference"]
+    assert "no clear difference; about" in pre[0].text and "seeds a side would detect" in pre[0].text
+
+
+def test_welch_when_the_seeds_or_data_order_differ():
+    summary = pd.DataFrame([
+        {"variant": "a", "seeds": 3, "train_error_mean": 0.3, "train_error_std": 0.01},
+        {"variant": "b", "seeds": 3, "train_error_mean": 0.4, "train_error_std": 0.01},
+    ])
+    values = {"a": {"train_error": {1: 0.29, 2: 0.30, 3: 0.31}}, "b": {"train_error": {1: 0.39, 2: 0.42, 3: 0.40}}}
+    same = tables.Samples(values, {"a": "[128]", "b": "[128]"})
+    other = tables.Samples(values, {"a": "[128]", "b": "[64]"})  # another batch size: seed k saw other batches
+    row_a, row_b = summary.iloc[0], summary.iloc[1]
+    assert tables._compare(row_a, row_b, "train_error", same).method == "paired t-test"
+    assert tables._compare(row_a, row_b, "train_error", other).method == "Welch's t-test"
 
 
 def test_preact_and_bottleneck_pairs_and_paper_values(storage):
@@ -392,8 +424,11 @@ def test_preact_and_bottleneck_pairs_and_paper_values(storage):
     pr = tables.pairs(d.summary, "activation", "post", "pre")
     assert sorted(zip(pr["variant_post"], pr["variant_pre"])) == [("resnet-110", "preact-resnet-110"), ("resnet-164", "preact-resnet-164")]
     resnet110 = d.summary.iloc[0].to_dict()
-    assert tables.paper_error("cifar10", resnet110) == (6.43, "He et al. 2016, Table 6")  # best of 5 runs
-    assert tables.paper_error("cifar10", resnet110, prefer="2016b") == (6.61, "He et al. 2016b, Table 3")  # the mean
+    p = tables.paper_error("cifar10", resnet110)  # the mean of 5 runs, not the best of them
+    assert (p.error, p.std, p.source) == (6.61, 0.16, "He et al. 2016, Table 6") and "best of the 5: 6.43" in p.what
+    assert p.label == "6.61% ± 0.16: He et al. 2016, Table 6, mean ± std of 5 runs (best of the 5: 6.43)"
+    assert tables.paper_error("cifar10", resnet110, prefer="2016b").source == "He et al. 2016b, Table 3"
+    assert tables.paper_error("cifar10", {**resnet110, "depth": 56}).what == "as reported (one number per net)"
     assert tables.paper_error("fashion-mnist", d.summary.iloc[0]) is None
     assert [f.topic for f in d.findings] == ["preact", "preact"]
     e = load(storage, "everything")
@@ -735,6 +770,7 @@ batch_size = 64
 lr = 0.1
 schedule = "onecycle"
 train_subset = 512
+val_size = 256
 augment = []
 [search]
 trials = 2
@@ -790,7 +826,9 @@ def test_tables_of_a_real_run(real_run):
     c = deg.comparisons[0]
     assert (c.a, c.b, c.a_n, c.b_n) == ("plain-8-w4", "plain-14-w4", 2, 2)
     assert c.b_mean == pytest.approx(s.loc["plain-14-w4", "train_error_mean"])
-    assert deg.answer in ("yes", "no (it falls)", "no clear change")  # two seeds: the rule applies
+    assert c.method == "paired t-test" and c.testable  # both ran seeds 1 and 2 on the same batches
+    expected = ("yes" if c.difference > 0 else "no (it falls)") if c.real else "no clear difference"
+    assert deg.answer == expected and (c.p_adjusted < 0.05) == c.real
     assert any(f.topic == "residual" for f in d.findings)
 
 

@@ -115,7 +115,7 @@ def test_different_seed_sets_fall_back_to_welch_and_one_seed_is_no_test():
 def test_no_spread_at_all_is_an_exact_difference():
     same = stats.compare({1: 0.3, 2: 0.3}, {1: 0.3, 2: 0.3})
     assert same.p_value == 1.0
-    moved = stats.compare({1: 0.3, 2: 0.4}, {1: 0.35, 2: 0.45})  # every seed +5 points
+    moved = stats.compare({1: 0.3, 2: 0.4}, {1: 0.35, 2: 0.45})  # every seed +5 points (to float rounding)
     assert moved.method == stats.PAIRED and moved.p_value == 0.0 and moved.ci_low == pytest.approx(0.05)
 
 

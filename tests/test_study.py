@@ -131,12 +131,84 @@ def test_cli_lists_variants_as_json():
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows][:2] == ["plain-20", "plain-32"]
-    assert set(rows[0]) == {"name", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "params", "macs"}
+    assert set(rows[0]) == {"name", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "params",
+                            "macs", "recipe"}
     resnet20 = next(r for r in rows if r["name"] == "resnet-20")
     assert resnet20["blocks"] == [3, 3, 3] and resnet20["shortcut"] == "A"
     assert round(resnet20["params"] / 1e6, 2) == 0.27
     assert round(resnet20["macs"] / 1e6, 1) == 40.6
     assert next(r for r in rows if r["name"] == "plain-20")["shortcut"] is None
+
+
+def test_the_degradation_study_resolves_to_he_et_al_recipe():
+    # He et al. 2016, Sec. 4.2: all 50k images, batch 128, 64k iterations, lr / 10 at 32k and 48k;
+    # ResNet-110 warmed up at a constant 0.01 for about 400 iterations; fp32.
+    rows = {r["name"]: r["recipe"] for r in json.loads(ablate("variants", "studies/degradation-cifar10.toml", "--json").stdout)}
+    for name, r in rows.items():
+        assert (r["train_size"], r["batch_size"], r["iterations"], r["milestones"], r["lr"]) == (50000, 128, 64000, [32000, 48000], 0.1)
+        assert r["precision"] == "fp32"
+        warm = (r["warmup"], r["warmup_iterations"], r["warmup_lr"])
+        assert warm == (("constant", 400, 0.01) if name == "resnet-110" else ("linear", 0, 0.01)), name
+    assert rows["plain-20"]["steps_per_epoch"] == 390 and rows["plain-20"]["epochs"] == 165  # the last epoch partial
+
+
+def test_the_preact_study_warms_every_net_up_as_he_et_al_2016b():
+    rows = json.loads(ablate("variants", "studies/preact-cifar10.toml", "--json").stdout)
+    assert len(rows) == 4
+    for r in rows:
+        rec = r["recipe"]
+        assert (rec["warmup"], rec["warmup_iterations"], rec["warmup_lr"]) == ("constant", 400, 0.01)
+        assert (rec["iterations"], rec["milestones"], rec["train_size"], rec["precision"]) == (64000, [32000, 48000], 50000, "fp32")
+
+
+OVERRIDE = """name = "o"
+dataset = "cifar10"
+[grid]
+connection = ["plain", "residual"]
+depth = [20]
+[train]
+epochs = 4
+[[variant]]
+connection = "residual"
+depth = 56
+train = { iterations = 1000, warmup = "constant", warmup_iterations = 50, lr = 0.05 }
+"""
+
+
+def test_a_variant_carries_its_own_recipe_overrides():
+    study = parse_study(OVERRIDE)
+    by = {s.name: s for s in study.variants}
+    assert study.recipe_for(by["resnet-20"]) == study.recipe
+    r56 = study.recipe_for(by["resnet-56"])
+    # iterations replace the study's epochs (the other unit of the same thing)
+    assert (r56.iterations, r56.epochs, r56.lr, r56.warmup, r56.warmup_iterations) == (1000, None, 0.05, "constant", 50)
+    assert study.overrides == {"resnet-56": {"iterations": 1000, "warmup": "constant", "warmup_iterations": 50, "lr": 0.05}}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (OVERRIDE.replace("lr = 0.05", "lr = -1"), "[[variant]] #1 (resnet-56): train.lr: -1 is not valid"),
+        (OVERRIDE.replace("lr = 0.05", "val_size = 10"), "train.val_size: a data option, shared by the whole study"),
+        (OVERRIDE.replace("depth = 56", "depth = 20"), "also another variant of the study with a different recipe"),
+        (OVERRIDE.replace("train = {", "train = 3 #"), "[[variant]] #1: train: expected a table of recipe keys"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\nepochs = 2\n[search]\ntrials = 2\nlr = { low = 0.01, high = 0.1 }\n',
+         "train.val_size: a [search] needs a validation split"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\nepochs = 2\niterations = 100\n', "give epochs or iterations, not both"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\nmilestones = [0.5]\nmilestone_iterations = [10]\n',
+         "give milestones or milestone_iterations, not both"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\niterations = 100\nmilestone_iterations = [50, 40]\n',
+         "milestone_iterations: [50, 40] is not valid; use increasing optimizer steps"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\niterations = 100\nmilestone_iterations = [100]\n',
+         "milestone_iterations: 100 is not before the end of training (100 iterations)"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\nwarmup = "cubic"\n', "warmup: 'cubic' is not valid; use one of linear, constant"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 8\n[train]\nprecision = "fp16"\n', "precision: 'fp16' is not valid; use one of auto, bf16, fp32"),
+    ],
+)
+def test_recipe_spellings_and_overrides_are_validated(text, expected):
+    with pytest.raises(StudyError) as info:
+        parse_study(text, "bad.toml")
+    assert expected in str(info.value)
 
 
 def test_cli_prints_a_table():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, precision_for, resolve_device, train
+from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, precision_for, resolve_device, schedule, train
 from ablate.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)
@@ -45,7 +45,7 @@ def timeless(history) -> list[dict]:
         ({"train_subset": 0}, "train_subset: 0 is not valid"),
         ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs: 5 is longer than training"),
         ({"nesterov": True, "momentum": 0}, "nesterov: Nesterov momentum needs momentum > 0"),
-        ({"learning_rate": 0.1}, "learning_rate: unknown recipe key; valid keys: epochs, batch_size, lr"),
+        ({"learning_rate": 0.1}, "learning_rate: unknown recipe key; valid keys: epochs, iterations, batch_size, lr"),
         ({"lr": "fast"}, "lr: 'fast' is not valid"),
         ({"resize": 4}, "resize: 4 is not valid"),
     ],
@@ -62,23 +62,60 @@ def test_recipe_lists_become_tuples():
     hash(r)
 
 
+def _sched(r: Recipe, n_train: int = 1280, batch: int = 128):
+    return schedule(replace(r, batch_size=batch), n_train)  # 10 steps an epoch
+
+
 def test_schedules():
-    total, spe = 100, 10
     step = Recipe(epochs=10, lr=0.1, schedule="step")
-    assert [lr_at(step, s, total, spe) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    sched = _sched(step)
+    assert (sched.steps_per_epoch, sched.iterations, sched.milestones) == (10, 100, (50, 75))
+    assert [lr_at(step, s, sched) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     const = Recipe(epochs=10, lr=0.3, schedule="constant")
-    assert {lr_at(const, s, total, spe) for s in range(total)} == {0.3}
+    assert {lr_at(const, s, _sched(const)) for s in range(100)} == {0.3}
     cos = Recipe(epochs=10, lr=0.2, schedule="cosine")
-    assert lr_at(cos, 0, total, spe) == pytest.approx(0.2)
-    assert lr_at(cos, 50, total, spe) == pytest.approx(0.1)
-    assert lr_at(cos, 99, total, spe) < 0.001
+    assert lr_at(cos, 0, _sched(cos)) == pytest.approx(0.2)
+    assert lr_at(cos, 50, _sched(cos)) == pytest.approx(0.1)
+    assert lr_at(cos, 99, _sched(cos)) < 0.001
     one = Recipe(epochs=10, lr=0.4, schedule="onecycle")
-    lrs = [lr_at(one, s, total, spe) for s in range(total)]
+    lrs = [lr_at(one, s, _sched(one)) for s in range(100)]
     assert lrs[0] == pytest.approx(0.4 / 25)
     assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 30
     assert lrs[-1] < 1e-3
     warm = Recipe(epochs=10, lr=0.1, schedule="step", warmup_epochs=1, warmup_lr=0.01)
-    assert [lr_at(warm, s, total, spe) for s in (0, 5, 10)] == pytest.approx([0.01, 0.055, 0.1])
+    assert [lr_at(warm, s, _sched(warm)) for s in (0, 5, 10)] == pytest.approx([0.01, 0.055, 0.1])
+
+
+def test_schedule_points_in_iterations_and_a_constant_warm_up():
+    # He et al. 2016, Sec. 4.2, on CIFAR-10's 50k images: 390 steps an epoch, 64k iterations,
+    # lr 0.1 / 10 at 32k and 48k; ResNet-110: 0.01 for the first 400 iterations.
+    r = make_recipe({"iterations": 64000, "milestone_iterations": [32000, 48000], "schedule": "step",
+                     "warmup": "constant", "warmup_iterations": 400, "warmup_lr": 0.01})
+    sched = schedule(r, 50000)
+    assert (sched.steps_per_epoch, sched.iterations, sched.epochs, sched.milestones) == (390, 64000, 165, (32000, 48000))
+    got = [lr_at(r, s, sched) for s in (0, 399, 400, 31999, 32000, 47999, 48000, 63999)]
+    assert got == pytest.approx([0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    # Fractions and iterations are two spellings of one schedule.
+    frac = make_recipe({"epochs": 10, "milestones": [0.5, 0.75]})
+    its = make_recipe({"iterations": 100, "milestone_iterations": [50, 75]})
+    a, b = _sched(frac), _sched(its)
+    assert [lr_at(frac, s, a) for s in range(100)] == [lr_at(its, s, b) for s in range(100)]
+
+
+def test_iterations_end_training_inside_an_epoch(synthetic):
+    steps = len(synthetic.train.labels) // FAST.batch_size  # full batches in one epoch
+    recipe = replace(FAST, epochs=None, iterations=steps + 3)
+    result = train(TINY, recipe, synthetic, seed=0)
+    assert [e.epoch for e in result.history] == [1, 2]
+    assert result.history[-1].images_per_second > 0 and math.isfinite(result.history[-1].train_loss)
+
+
+def test_precision_settings():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision_for(cpu, "auto") == Precision() and precision_for(cpu, "fp32") == Precision()
+    assert precision_for(cpu, "bf16") == Precision(torch.bfloat16, False)
+    assert precision_for(cuda, "auto") == precision_for(cuda, "bf16") == Precision(torch.bfloat16, True)
+    assert precision_for(cuda, "fp32") == Precision(None, True)  # the papers' fp32, still channels_last
 
 
 def test_resolve_device():
