@@ -104,6 +104,31 @@ def _print_summary(ostudy, title: str) -> None:
             str(r["seeds"]), r["best_hyperparameters"] or "-", f"{r['complete']}/{r['failed']}/{r['pruned']}",
         )
     _console().print(table)
+    _print_verdicts(ostudy, trials, rows)
+
+
+def _print_verdicts(ostudy, trials, summary) -> None:
+    """The report's findings, one line each: the answer, the question, the deciding numbers."""
+    from rich.text import Text
+
+    from ablate.stats import ALPHA
+    from ablate.tables import recipes_of, samples, verdicts
+
+    findings = verdicts(summary, str(ostudy.user_attrs.get("dataset") or ""), samples(trials, recipes_of(ostudy)))
+    if not findings:
+        return
+    out = _console()
+    out.print(Text(f"Verdict (paired or Welch t-tests, Holm-corrected across {sum(len(f.comparisons) for f in findings)} "
+                   f"comparisons; real = corrected p < {ALPHA:g}):", style="bold"))
+    for f in findings:
+        c = f.deciding
+        numbers = ""
+        if c is not None:
+            numbers = f" [{c.b} − {c.a}: {c.difference * 100:+.1f} points"
+            if c.testable:
+                numbers += f", 95% CI {c.ci_low * 100:+.1f} to {c.ci_high * 100:+.1f}, {c.method}, Holm p = {c.p_adjusted:.2g}"
+            numbers += "]"
+        out.print(Text(f"  {f.answer}: {f.question} ({f.family}){numbers}"))
 
 
 def _console() -> Console:

@@ -642,6 +642,13 @@ class Finding:
     text: str  # the answer in plain words, with numbers
     comparisons: tuple[Comparison, ...] = field(default=())
 
+    @property
+    def deciding(self) -> Comparison | None:
+        """The comparison the answer rests on: the deepest pair for pair findings, else the first."""
+        if not self.comparisons:
+            return None
+        return self.comparisons[-1] if self.topic in ("preact", "bottleneck") else self.comparisons[0]
+
 
 @dataclass(frozen=True)
 class Samples:
@@ -708,7 +715,8 @@ def _seeds(n: int) -> str:
 
 
 def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+    """ "p < 0.001", "p = 0.014", "p = 0.61" """
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
 def test_words(c: Comparison) -> str:
@@ -718,7 +726,7 @@ def test_words(c: Comparison) -> str:
         return f"{_seeds(few)} {'each' if c.a_n == c.b_n else 'on one side'}: not enough seeds to tell"
     t = c.test
     words = (f"95% CI {t.ci_low * PERCENT:+.1f} to {t.ci_high * PERCENT:+.1f} points, {t.method} "
-             f"p = {_p(t.p_value)}, Holm-corrected p = {_p(t.p_adjusted)}")
+             f"{_p(t.p_value)}, Holm-corrected {_p(t.p_adjusted)}")
     if c.real:
         return f"{words}: a real difference"
     need = c.seeds_needed
