@@ -149,3 +149,41 @@ def test_seeds_needed_reaches_the_target_power_by_simulation():
     assert abs(rate - stats.power(n, effect, paired=False)) < 0.03
     huge = stats.Test(0.0001, 0, 0, 0.9, stats.WELCH, 3, 3, 1.0)
     assert stats.seeds_needed(huge) == stats.MAX_SEEDS + 1
+
+
+def test_the_report_verdict_is_calibrated_end_to_end_on_null_data():
+    """The whole verdict path (summary, samples, tests, Holm, answers) on simulated final runs of
+    plain and residual nets at two depths with no true difference anywhere: "yes" to the
+    degradation question at most about 5% of the time; a 3-sigma rise is found most of the time."""
+    import pandas as pd
+
+    from ablate import tables
+
+    def findings(rng, rise: float):
+        trials = []
+        for connection in ("plain", "residual"):
+            for depth in (8, 20):
+                name = f"{'plain' if connection == 'plain' else 'resnet'}-{depth}"
+                for seed in (1, 2, 3):
+                    err = 0.30 + rng.normal(0, 0.01) + (rise * 0.01 if connection == "plain" and depth == 20 else 0)
+                    trials.append({"number": len(trials), "variant": name, "kind": "final", "state": "COMPLETE", "seed": seed,
+                                   "train_error": err, "test_error": err, "val_error": float("nan"), "batch_size": 128,
+                                   "connection": connection, "depth": depth})
+        t = pd.DataFrame(trials)
+        summary = pd.DataFrame([{
+            "variant": v, "connection": g["connection"].iloc[0], "depth": g["depth"].iloc[0], "activation": "post",
+            "block": "basic", "stem": "cifar", "width": 8, "shortcut": "A" if g["connection"].iloc[0] == "residual" else "none",
+            "seeds": len(g), "params": 1000, "macs": 1000, **{f"{m}_{f}": getattr(g[m], f)() for m in ("train_error", "test_error") for f in ("mean", "std")},
+        } for v, g in t.groupby("variant", sort=False)])
+        return {f.topic: f for f in tables.verdicts(summary, "fashion-mnist", tables.samples(t))}
+
+    rng = np.random.default_rng(12)
+    draws = 300
+    null = [findings(rng, 0.0) for _ in range(draws)]
+    assert all(f["degradation"].deciding.method == stats.PAIRED for f in null)
+    yes = sum(f["degradation"].answer == "yes" for f in null) / draws
+    assert yes < 0.05 + 3.5 * math.sqrt(0.05 * 0.95 / draws), yes
+    removed = sum(f["residual"].answer == "yes" for f in null) / draws
+    assert removed == 0.0  # with no degradation there is nothing to remove
+    real = [findings(rng, 3.0 * math.sqrt(2)) for _ in range(60)]  # a rise of 3 sd of the paired difference
+    assert sum(f["degradation"].answer == "yes" for f in real) / 60 > 0.3
