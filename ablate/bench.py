@@ -25,19 +25,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ablate.data import DataError, DatasetInfo, Split, Splits, dataset_info, load_dataset
-from ablate.models import build_model
-from ablate.train import Recipe, input_info, resolve_device, train
+from ablate.catalog import DatasetInfo, dataset_info
 from ablate.variants import VariantSpec, get_variant
+
+if TYPE_CHECKING:  # torch and the engine are imported where they run: `ablate --help` must not wait for torch
+    import numpy as np
+    import torch
+
+    from ablate.data import Split, Splits
+    from ablate.train import Recipe
 
 DEFAULT_IMAGES = 5120  # ResNet-20, CIFAR-sized, 2-core CPU: about 15 s per epoch and side
 TEST_IMAGES = 256  # the engine evaluates after every epoch; keep that cost small (not timed)
@@ -100,6 +102,10 @@ def run_bench(
     dataset must be on disk (nothing is downloaded): `DataError` otherwise. Invalid settings
     raise ValueError naming the setting.
     """
+    import torch
+
+    from ablate.train import Recipe, input_info, resolve_device, train
+
     spec = get_variant(variant) if isinstance(variant, str) else variant
     info = dataset_info(dataset)
     dev = resolve_device(device)
@@ -148,6 +154,10 @@ def _others_busy() -> float | None:
 
 
 def _random_splits(info: DatasetInfo, images: int, seed: int, device: torch.device) -> Splits:
+    import torch
+
+    from ablate.data import Split, Splits
+
     gen = torch.Generator().manual_seed(seed)
     shape = (info.channels, info.size, info.size)
 
@@ -160,6 +170,8 @@ def _random_splits(info: DatasetInfo, images: int, seed: int, device: torch.devi
 
 
 def _disk_splits(info: DatasetInfo, images: int, data_dir, seed: int, device: torch.device) -> Splits:
+    from ablate.data import Split, Splits, load_dataset
+
     if info.name == "synthetic":  # generated, at most its official size
         images = min(images, info.train_size)
     data = load_dataset(info.name, data_dir=data_dir, device=device, train_subset=images, seed=seed, download=False)
@@ -170,6 +182,8 @@ def _disk_splits(info: DatasetInfo, images: int, data_dir, seed: int, device: to
 def device_name(device: torch.device) -> str:
     """The GPU name, or the CPU model from /proc/cpuinfo."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -183,8 +197,9 @@ def device_name(device: torch.device) -> str:
 # --- The baseline, as the seed documents train ------------------------------------------------
 
 
-class PILImages(torch.utils.data.Dataset):
-    """uint8 images handed out one `PIL.Image` at a time, as torchvision's CIFAR10 and MNIST do."""
+class PILImages:
+    """uint8 images handed out one `PIL.Image` at a time, as torchvision's CIFAR10 and MNIST do (a
+    map-style dataset: `DataLoader` needs only `__getitem__` and `__len__`)."""
 
     def __init__(self, images: np.ndarray, labels: list[int], transform: Callable):
         self.images = images  # [N, H, W, C], or [N, H, W] for one channel (PIL mode "L")
@@ -202,6 +217,8 @@ class PILImages(torch.utils.data.Dataset):
 
 def baseline_loader(split: Split, info: DatasetInfo, recipe: Recipe, *, workers: int) -> torch.utils.data.DataLoader:
     """A DataLoader over `split` with per-sample torchvision transforms, as in d2l / the tutorials."""
+    import numpy as np
+    import torch
     from torchvision import transforms  # seconds to import; only the baseline needs it
 
     ops: list = []
@@ -225,6 +242,11 @@ def baseline_throughput(
     spec: VariantSpec, recipe: Recipe, split: Split, info: DatasetInfo, device: torch.device, *, workers: int, seed: int = 0
 ) -> float:
     """Training images per second of the seed-style loop, over the epochs after the first (fp32)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ablate.models import build_model
+
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # the seed's scripts leave it off
     try:
@@ -279,6 +301,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
 ) -> None:
     """Training throughput (images/s) of the engine against a seed-style DataLoader baseline."""
+    from ablate.data import DataError
+
     try:
         r = run_bench(variant, dataset, device=device, batch_size=batch_size, images=images, size=size,
                       data_dir=data_dir, random_data=random_data, workers=workers, epochs=epochs, seed=seed,

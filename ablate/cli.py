@@ -37,6 +37,33 @@ def _load(path: Path) -> Study:
         raise fail(str(exc)) from None
 
 
+def _show_notices() -> None:
+    """ablate's own notices (the bundled data in use, ...) as one line each on stderr, above any
+    progress display."""
+    import logging
+
+    class Notice(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            err.print(f"note: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+    logger = logging.getLogger("ablate")
+    logger.setLevel(logging.INFO)
+    if not any(type(h).__name__ == "Notice" for h in logger.handlers):
+        logger.addHandler(Notice())
+
+
+def _with_first_seed(study: Study, first_seed: int) -> Study:
+    import dataclasses
+
+    from ablate.study import check_first_seed
+
+    try:
+        check_first_seed(first_seed)
+    except ValueError as exc:
+        raise fail(f"--first-seed: {exc}") from None
+    return dataclasses.replace(study, first_seed=first_seed)
+
+
 def variant_rows(study: Study) -> list[dict[str, object]]:
     from ablate.models import measure  # torch is imported only when needed
     from ablate.train import schedule, train_size
@@ -182,15 +209,19 @@ def run(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="ABLATE_DATA", help="Where datasets are read and downloaded [default: ~/.cache/ablate/data].")] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Per-epoch checkpoints for resuming [default: beside the SQLite file].")] = None,
     grace_period: Annotated[int, typer.Option("--grace-period", help="Seconds without heartbeat after which a running trial is taken for dead and retried.")] = 30,
+    first_seed: Annotated[int | None, typer.Option("--first-seed", help="Seed of the first final run, overriding the study file's [seeds] start (e.g. 6 for seeds 6..10 of count = 5): disjoint seed sets without editing the file. Use another --storage for each.", show_default=False)] = None,
 ) -> None:
     """Train every variant of a study under Optuna and store every trial (resumes where it stopped)."""
+    s = _load(study)  # before importing torch and Optuna: a bad study file is reported at once
+    if first_seed is not None:
+        s = _with_first_seed(s, first_seed)
     import optuna
 
     from ablate.data import DataError
     from ablate.driver import DriverError, run_study
 
-    s = _load(study)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are recorded and shown by ablate
+    _show_notices()
     display = _Display(enabled=err.is_terminal)
     try:
         with display.bar:
@@ -306,7 +337,7 @@ def export(
         print(p)
 
 
-from ablate.bench import bench  # noqa: E402 (registered below; imports torch lazily)
+from ablate.bench import bench  # noqa: E402 (registered below; imports torch only when it runs)
 
 app.command(help="Training throughput of the engine against a seed-style DataLoader baseline, in one run.")(bench)
 

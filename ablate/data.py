@@ -1,14 +1,11 @@
-"""Datasets: what each one is (known without downloading it) and, below, how it is loaded.
-
-The metadata table is all the variant family needs: input channels, classes and image size
-decide the first convolution, the classifier and the MAC count.
-"""
+"""Datasets: how each one is found, read and put on the device (what each one is: `ablate.catalog`)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import gzip
+import logging
 import math
 import os
 import pickle
@@ -24,51 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ablate.bundled import read_bundle
+from ablate.catalog import AUGMENTATIONS, DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    channels: int
-    classes: int
-    size: int  # images are size x size
-    train_size: int  # examples in the official training split
-    test_size: int
-    mean: tuple[float, ...]  # per-channel, of the training split, in [0, 1] units
-    std: tuple[float, ...]
-    augment: tuple[str, ...]  # augmentations that suit the data ("flip" is wrong for digits)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo("fashion-mnist", 1, 10, 28, 60_000, 10_000, (0.2860,), (0.3530,), ("crop", "flip")),
-        DatasetInfo("mnist", 1, 10, 28, 60_000, 10_000, (0.1307,), (0.3081,), ("crop",)),
-        DatasetInfo(
-            "cifar10", 3, 10, 32, 50_000, 10_000,
-            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), ("crop", "flip"),
-        ),
-        DatasetInfo(
-            "cifar100", 3, 100, 32, 50_000, 10_000,
-            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), ("crop", "flip"),
-        ),
-        DatasetInfo(
-            "svhn", 3, 10, 32, 73_257, 26_032,
-            (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), ("crop",),
-        ),
-        # Small, deterministic and learnable: for tests and smoke runs, generated in memory.
-        DatasetInfo("synthetic", 3, 10, 16, 2_048, 512, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ("crop", "flip")),
-    )
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The metadata of a dataset by name; a ValueError naming the valid ones otherwise."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(
-            f"dataset: unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}"
-        ) from None
+log = logging.getLogger(__name__)  # one-line notices (the bundled subset in use); `ablate run` prints them
 
 
 # --- Loading ---------------------------------------------------------------------------------
@@ -78,10 +34,10 @@ def dataset_info(name: str) -> DatasetInfo:
 # handful of tensor ops over the whole batch. There is no DataLoader, no worker process and no
 # per-sample Python anywhere after decoding.
 
-AUGMENTATIONS = ("crop", "flip")
 CROP_PADDING = 4  # He et al. (2016), sec. 4.2: "4 pixels are padded on each side"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation; see _socket_timeout
+BUNDLED_SOURCE = "bundled subset"  # Splits.source of data from ablate.bundled, followed by its path
 
 
 class DataError(Exception):
@@ -136,24 +92,43 @@ def load_dataset(
     val_size: int = 0,
     seed: int = 0,
     download: bool = True,
+    test_subset: int | None = None,
 ) -> Splits:
     """A dataset on `device` as uint8 NCHW images and int64 labels.
 
     `val_size` examples are held out of the training split first, then `train_subset` examples
     (all remaining when None) are drawn from the rest; both are class-balanced and fixed by
     `seed`, so the validation set is the same whatever the subset and never overlaps it.
+    `test_subset` examples (all when None) are drawn from the test split the same way.
     Decoded files are cached per process, so loading a dataset again costs only the copy.
-    Raises DataError when the dataset is neither on disk nor downloadable.
+
+    Where the files are looked for, in order: the data dir, the system-wide install (Debian's
+    dataset-fashion-mnist), then, for Fashion-MNIST, the subset bundled with ablate
+    (`ablate.bundled`) if it holds every example asked for (it gives the same images), and last
+    a download into the data dir. Raises DataError when none has the dataset.
     """
     info = dataset_info(name)
+    chosen = None  # the bundle's positions of the examples asked for, when the bundle is used
     if name == "synthetic":
         arrays, source = _synthetic(), "generated"
     else:
-        root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        folder = _locate(name, root.absolute(), download)
-        arrays, source = _read(name, str(folder)), str(folder)
+        root = (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()).absolute()
+        bundled, why_not = (None, "") if _on_disk(name, root) else _from_bundle(
+            name, root, train_subset=train_subset, val_size=val_size, test_subset=test_subset, seed=seed)
+        if bundled is not None:
+            arrays, chosen, source = bundled
+        else:
+            try:
+                folder = _locate(name, root, download)
+            except DataError as exc:
+                raise DataError(f"{exc}{why_not}") from None
+            arrays, source = _read(name, str(folder)), str(folder)
     train_x, train_y, test_x, test_y = arrays
-    train_idx, val_idx = split_indices(train_y, val_size=val_size, train_subset=train_subset, seed=seed)
+    if chosen is None:
+        train_idx, val_idx = split_indices(train_y, val_size=val_size, train_subset=train_subset, seed=seed)
+        test_idx = balanced_test_indices(test_y, test_subset, seed=seed)
+    else:
+        train_idx, val_idx, test_idx = chosen
 
     def take(images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray | None) -> Split:
         if idx is not None:  # indexing copies
@@ -166,10 +141,24 @@ def load_dataset(
     return Splits(
         train=take(train_x, train_y, train_idx),
         val=take(train_x, train_y, val_idx) if val_idx is not None else None,
-        test=take(test_x, test_y, None),
+        test=take(test_x, test_y, test_idx),
         info=info,
         source=source,
     )
+
+
+def balanced_test_indices(labels: torch.Tensor | np.ndarray, test_subset: int | None, *, seed: int = 0) -> np.ndarray | None:
+    """Sorted positions of a class-balanced `test_subset` of the test split (None: all of it).
+
+    Its own generator seeded by `seed`, so the subset depends on nothing else; the subset of
+    size n is the first n of one fixed order, so a smaller subset lies inside a larger one.
+    """
+    if test_subset is None:
+        return None
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if not 0 < test_subset <= len(labels):
+        raise ValueError(f"dataset: test_subset must be in [1, {len(labels)}] for {len(labels)} test examples, got {test_subset}")
+    return _balanced(labels, test_subset, np.random.default_rng(seed))
 
 
 def split_indices(
@@ -363,14 +352,57 @@ def _complete(folder: Path, layout: _Layout) -> bool:
     return all(_find(folder, name) is not None for name in layout.files)
 
 
+def _folders(name: str, root: Path) -> list[Path]:
+    """Where the full files of a dataset are looked for, in order: under the data dir, then system-wide."""
+    layout = _LAYOUTS[name]
+    return [root / layout.folder, *layout.elsewhere]
+
+
+def _on_disk(name: str, root: Path) -> Path | None:
+    """The first folder holding all of the dataset's files, if any."""
+    return next((folder for folder in _folders(name, root) if _complete(folder, _LAYOUTS[name])), None)
+
+
+def _from_bundle(
+    name: str, root: Path, *, train_subset: int | None, val_size: int, test_subset: int | None, seed: int
+) -> tuple[tuple[_Arrays, tuple[np.ndarray, np.ndarray | None, np.ndarray], str] | None, str]:
+    """The bundled subset's arrays, with the positions in them of the examples asked for, and its
+    source; or None and why it does not hold them (a sentence for the DataError, "" if none is bundled).
+
+    The examples are chosen on the full splits' labels, which the bundle carries, exactly as from
+    the full files: a bundled run sees the same images in the same order.
+    """
+    bundle = read_bundle(name)
+    if bundle is None:
+        return None, ""
+    train_idx, val_idx = split_indices(bundle.train_labels, val_size=val_size, train_subset=train_subset, seed=seed)
+    test_idx = balanced_test_indices(bundle.test_labels, test_subset, seed=seed)
+    if test_idx is None:
+        test_idx = np.arange(len(bundle.test_labels))
+    at = [None if idx is None else bundle.positions(split, idx)
+          for split, idx in (("train", train_idx), ("train", val_idx), ("test", test_idx))]
+    if at[0] is None or at[2] is None or (val_idx is not None and at[1] is None):
+        return None, (
+            f" The Fashion-MNIST subset bundled with ablate ({bundle.describe()}, chosen with seed 0, no validation "
+            f"split) does not hold what was asked for (train_subset {train_subset or 'all'}, val_size {val_size}, "
+            f"test_subset {test_subset or 'all'}, seed {seed})."
+        )
+    arrays = _checked(name, str(bundle.path), (bundle.train_images, bundle.train_labels[bundle.train_index],
+                                               bundle.test_images, bundle.test_labels[bundle.test_index]))
+    looked = ", ".join(str(folder) for folder in _folders(name, root))
+    log.info(f"{name}: the full files are not on this machine (looked in {looked}); using the subset bundled "
+             f"with ablate ({bundle.describe()}), which holds every image this run uses: the results are the same")
+    return (arrays, (at[0], at[1], at[2]), f"{BUNDLED_SOURCE} {bundle.path}"), ""
+
+
 def _locate(name: str, root: Path, download: bool) -> Path:
     """The folder holding the dataset's files, downloading them into `root` only if none does."""
     layout = _LAYOUTS[name]
     own = root / layout.folder
-    folders = [own, *layout.elsewhere]
-    for folder in folders:
-        if _complete(folder, layout):
-            return folder
+    folders = _folders(name, root)
+    found = _on_disk(name, root)
+    if found is not None:
+        return found
     failure = ""
     archive = root / layout.archive if layout.archive else None
     if archive is not None and archive.is_file():  # copied in by hand: extracting needs no network

@@ -29,7 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate import __version__
-from ablate.study import Study
+from ablate.study import FIRST_SEED, Study
 from ablate.tables import safe_url, selection_error
 from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train
 from ablate.variants import VariantSpec
@@ -66,12 +66,14 @@ class Unit:
     variant: VariantSpec
     kind: str  # "search" | "final"
     index: int
+    first_seed: int = FIRST_SEED  # [seeds] start: the seed of final run 0
 
     @property
     def seed(self) -> int:
         # Search trials share seed 0, so hyperparameters are compared on one initialisation; final
-        # runs use fresh seeds 1..count, so a variant's reported error is not the best of its search.
-        return 0 if self.kind == "search" else self.index + 1
+        # runs use fresh seeds (1..count unless [seeds] start moves them), so a variant's reported
+        # error is not the best of its search.
+        return 0 if self.kind == "search" else self.first_seed + self.index
 
     @property
     def key(self) -> str:
@@ -84,7 +86,7 @@ def study_units(study: Study) -> list[Unit]:
     for spec in study.variants:
         if study.search is not None:
             units += [Unit(spec, "search", i) for i in range(study.search.trials)]
-        units += [Unit(spec, "final", i) for i in range(study.seeds)]
+        units += [Unit(spec, "final", i, study.first_seed) for i in range(study.seeds)]
     return units
 
 
@@ -141,7 +143,7 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
             dists[f.name] = IntDistribution(min(values), max(values))
         else:
             dists[f.name] = FloatDistribution(float(min(values)), float(max(values)))
-    dists["seed"] = IntDistribution(0, study.seeds)
+    dists["seed"] = IntDistribution(0, study.final_seeds[-1])
     return dists
 
 
@@ -186,6 +188,8 @@ def definition(study: Study) -> str:
         "search": study.search.describe() if study.search else None,
         "seeds": study.seeds,
     }
+    if study.first_seed != FIRST_SEED:  # only when moved: storages written before [seeds] start keep their definition
+        doc["first_seed"] = study.first_seed
     if study.overrides:
         doc["overrides"] = study.overrides
     return json.dumps(doc, sort_keys=True)
@@ -408,6 +412,7 @@ def run_study(
         trial.set_user_attr("recipe", recipe_dict(recipe))
         trial.set_user_attr("device", str(dev) if dev.type == "cpu" else f"{dev.type}:{torch.cuda.current_device()}")
         trial.set_user_attr("versions", env)
+        trial.set_user_attr("data", data.source)  # the folder the files came from, or the bundled subset
         tag = hashlib.sha1(f"{recipe!r}/{unit.seed}".encode()).hexdigest()[:10]
         ckpt = ckpt_dir / f"{unit.key.replace('/', '_')}-{tag}.pt"
         history: list[dict[str, Any]] = []
@@ -538,7 +543,8 @@ def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optun
             "description": study.description, "dataset": study.dataset, "definition": mine,
             "variants": rows, "recipe": recipe_dict(study.recipe),
             "search": study.search.describe() if study.search else None,
-            "seeds": study.seeds, "units": len(study_units(study)), "objective": objective_metric(study),
+            "seeds": study.seeds, "first_seed": study.first_seed, "units": len(study_units(study)),
+            "objective": objective_metric(study),
         }
         for k, v in attrs.items():
             ostudy.set_user_attr(k, v)

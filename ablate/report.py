@@ -23,7 +23,7 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class ReportData:
     summary: pd.DataFrame
     findings: list[T.Finding]
     searched: list[str]
+    points: pd.DataFrame = field(default_factory=pd.DataFrame)  # T.points_table: training curves at iteration resolution
 
     @property
     def dataset(self) -> str:
@@ -85,7 +86,8 @@ def collect(study, storage: str = "") -> ReportData:
     summary = T.variant_summary(trials, study.user_attrs.get("variants"), searched)
     dataset = str(study.user_attrs.get("dataset") or "")
     return ReportData(study.study_name, dict(study.user_attrs), T.safe_url(storage) if storage else "",
-                      trials, epochs, summary, T.verdicts(summary, dataset, T.samples(trials, T.recipes_of(study))), searched)
+                      trials, epochs, summary, T.verdicts(summary, dataset, T.samples(trials, T.recipes_of(study))), searched,
+                      points=T.points_table(study))
 
 
 # --------------------------------------------------------------------------- figures
@@ -151,6 +153,36 @@ def fig_curves(cur: pd.DataFrame, family: str) -> go.Figure:
                 ), row=1, col=col)
             shown.add(int(depth))
     fig.update_xaxes(title_text="epoch", dtick=_epoch_dtick(cur["epoch"]))
+    fig.update_yaxes(title_text="error (%)", row=1, col=1)
+    return _layout(fig, f"Training curves: {family} (dashed: training error, solid: test error)")
+
+
+def fig_iteration_curves(cur: pd.DataFrame, family: str) -> go.Figure:
+    """He et al. 2016, Figure 6, against iterations as in the paper: training error dashed at
+    `points_per_epoch` points per epoch, test error solid (with markers) at the end of each epoch,
+    one colour per depth; plain and residual side by side on shared axes."""
+    sides = _sides(cur)
+    fig = make_subplots(rows=1, cols=len(sides), shared_yaxes=True, shared_xaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[esc(_side_label(*s)) for s in sides])
+    colours = _depth_colours(cur["depth"])
+    shown: set[int] = set()
+    for col, (conn, sc) in enumerate(sides, start=1):
+        side = cur[(cur["connection"] == conn) & (cur["shortcut"] == sc)]
+        for depth, g in side.groupby("depth", sort=True):
+            g = g.sort_values("iteration")
+            name = str(g["variant"].iloc[0])
+            for metric, dash, label, mode in (("train_error", "dash", "train", "lines"), ("test_error", "solid", "test", "lines+markers")):
+                h = g.dropna(subset=[f"{metric}_mean"])
+                mean, std = h[f"{metric}_mean"] * 100, _std(h[f"{metric}_std"])
+                text = [f"{esc(name)}, iteration {i} (epoch {e}): {label} {m:.2f}%" + (f" ± {s:.2f}" if s is not None else "")
+                        + f" ({n} run{'s' if n != 1 else ''})" for i, e, m, s, n in zip(h["iteration"], h["epoch"], mean, std, h["n"])]
+                fig.add_trace(go.Scatter(
+                    x=list(h["iteration"].astype(int)), y=list(mean), mode=mode, name=f"{depth} layers",
+                    line={"color": colours[int(depth)], "dash": dash, "width": 2}, marker={"size": 6}, legendgroup=f"d{depth}",
+                    showlegend=int(depth) not in shown and metric == "test_error", text=text, hoverinfo="text",
+                ), row=1, col=col)
+            shown.add(int(depth))
+    fig.update_xaxes(title_text="iteration", rangemode="tozero")
     fig.update_yaxes(title_text="error (%)", row=1, col=1)
     return _layout(fig, f"Training curves: {family} (dashed: training error, solid: test error)")
 
@@ -504,12 +536,13 @@ def _provenance_html(data: ReportData) -> str:
     a, t = data.attrs, data.trials
     versions = sorted(set(t["versions"].dropna())) if len(t) else []
     devices = sorted({str(d) for d in t["device"].dropna()}) if len(t) else []
+    sources = sorted({str(d) for d in t["data"].dropna()}) if len(t) else []
     started = t["started"].dropna().min() if len(t) else None
     completed = t["completed"].dropna().max() if len(t) else None
     items = [
         ("study", data.name), ("description", a.get("description")), ("dataset", a.get("dataset")),
         ("study file", a.get("study_path")), ("storage", data.storage), ("ablate version", a.get("ablate_version")),
-        ("devices", ", ".join(devices) or "-"), ("versions", "; ".join(versions) or "-"),
+        ("devices", ", ".join(devices) or "-"), ("data", "; ".join(sources) or "-"), ("versions", "; ".join(versions) or "-"),
         ("first trial started", "-" if _nan(started) or started is None else str(started)[:19]),
         ("last trial finished", "-" if _nan(completed) or completed is None else str(completed)[:19]),
         ("seeds per variant", a.get("seeds")), ("units", a.get("units")),
@@ -542,14 +575,17 @@ def render(data: ReportData) -> str:
     sections.append(("verdict", "Verdict", _verdict_html(data)))
 
     cur = T.curves(data.epochs)
+    by_it = T.iteration_curves(data.points, data.epochs)  # studies stored without points: per epoch
     fams = T.depth_families(s) if len(s) else []
-    body = "".join(figure(fig_curves(cur[cur["variant"].isin(g["variant"])], label))
+    body = "".join(figure(fig_iteration_curves(by_it[by_it["variant"].isin(g["variant"])], label)
+                          if by_it["variant"].isin(g["variant"]).any() else fig_curves(cur[cur["variant"].isin(g["variant"])], label))
                    for label, g in fams if cur["variant"].isin(g["variant"]).any())
     if body:
         sections.append(("curves", "Training curves", '<p class="sub">In the style of He et al. 2016, Figure 6: '
-                         "mean over the final runs' seeds; hover for the spread, click a legend entry to hide a depth. "
+                         "mean over the final runs' seeds; training error over the steps between points, test error at "
+                         "the end of each epoch; hover for the spread, click a legend entry to hide a depth. "
                          f"Training error is the {T.TRAIN_ERROR_MEANING} (as the papers plot it, not a re-evaluation "
-                         "of the finished net); test error is measured on the whole test split after each epoch.</p>" + body))
+                         "of the finished net).</p>" + body))
 
     body = "".join(figure(fig_error_vs_depth(g, label, data.dataset)) for label, g in fams
                    if (g["seeds"] > 0).sum() >= 2 and g[g["seeds"] > 0]["depth"].nunique() >= 2)
@@ -667,8 +703,9 @@ EXPORT_FORMATS = ("csv", "parquet")
 
 
 def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str = "csv") -> list[Path]:
-    """Write the per-trial, per-epoch and per-variant tables (and the findings) of a study as
-    `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings` in `out_dir`; returns the paths
+    """Write the per-trial, per-epoch and per-variant tables, the findings and the per-point
+    training curves of a study as `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings`,
+    `-points` in `out_dir`; returns the paths
     (parquet through pyarrow, a dependency)."""
     if fmt not in EXPORT_FORMATS:
         raise ReportError(f"format: {fmt!r} is not valid; use one of {', '.join(EXPORT_FORMATS)}")
@@ -677,7 +714,8 @@ def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = default_path(study_name).stem
-    frames = {"trials": data.trials, "epochs": data.epochs, "variants": data.summary, "findings": T.findings_table(data.findings)}
+    frames = {"trials": data.trials, "epochs": data.epochs, "variants": data.summary, "findings": T.findings_table(data.findings),
+              "points": data.points}
     paths = []
     for name, frame in frames.items():
         path = out / f"{stem}-{name}.{fmt}"

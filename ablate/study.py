@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate.data import DATASETS, DatasetInfo, dataset_info
-from ablate.train import ALTERNATIVES, Recipe, make_recipe
+from ablate.catalog import DATASETS, DatasetInfo, dataset_info
+from ablate.recipe import ALTERNATIVES, Recipe, make_recipe
 from ablate.variants import AXES, VariantSpec, make_variant
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds")
@@ -61,6 +61,15 @@ class Search:
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+FIRST_SEED = 1  # seed 0 belongs to the search trials
+
+
+def check_first_seed(value: Any) -> None:
+    """[seeds] start, or `ablate run --first-seed`: a ValueError saying what is valid otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < FIRST_SEED:
+        raise ValueError(f"expected an integer >= {FIRST_SEED} (the first final run's seed; 0 is the search trials'), got {value!r}")
+
+
 class StudyError(Exception):
     """A study file that cannot be used; the message says where and how to fix it."""
 
@@ -78,6 +87,12 @@ class Study:
     seeds: int = 1  # final runs per variant (of its best searched recipe, when searched)
     #: per variant name, the recipe keys its [[variant]] table overrides (its `train = {...}`)
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    first_seed: int = 1  # the final runs use seeds first_seed .. first_seed + seeds - 1 (search trials: 0)
+
+    @property
+    def final_seeds(self) -> range:
+        """The seeds of every variant's final runs: the same on every variant, so runs pair by seed."""
+        return range(self.first_seed, self.first_seed + self.seeds)
 
     @property
     def info(self) -> DatasetInfo:
@@ -235,6 +250,8 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         )
     if recipe.val_size >= DATASETS[dataset].train_size:
         raise StudyError(f"{where}: train.val_size: {recipe.val_size} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
+    if recipe.test_subset is not None and recipe.test_subset > DATASETS[dataset].test_size:
+        raise StudyError(f"{where}: train.test_subset: {recipe.test_subset} is more than {dataset}'s {DATASETS[dataset].test_size} test examples; lower it or leave it out")
     search = _parse_search(where, doc.get("search"), recipe)
     if search is not None and recipe.val_size == 0:
         raise StudyError(
@@ -251,14 +268,19 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     seeds_table = doc.get("seeds", {})
     _expect(where, "seeds", seeds_table, dict, "a table [seeds] with count = N")
     for key in seeds_table:
-        if key != "count":
-            raise StudyError(f"{where}: seeds.{key}: unknown key; [seeds] has only count")
+        if key not in ("count", "start"):
+            raise StudyError(f"{where}: seeds.{key}: unknown key; [seeds] has count and start")
     seeds = seeds_table.get("count", 1)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise StudyError(f"{where}: seeds.count: expected a positive integer (runs per variant), got {seeds!r}")
+    first_seed = seeds_table.get("start", FIRST_SEED)
+    try:
+        check_first_seed(first_seed)
+    except ValueError as exc:
+        raise StudyError(f"{where}: seeds.start: {exc}") from None
     return Study(
         name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
-        recipe=recipe, search=search, seeds=seeds, overrides=overrides,
+        recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides,
     )
 
 

@@ -143,7 +143,7 @@ TRIAL_COLUMNS = (
     "number", "variant", "unit", "kind", "index", "seed", "state", "value",
     "train_error", "test_error", "val_error", *AXES, "params", "macs",
     "epochs_done", "last_value", "images_per_second", "seconds", "seconds_per_epoch",
-    "device", "versions", "failure", "diverged_epoch", "interrupted", "started", "completed",
+    "device", "data", "versions", "failure", "diverged_epoch", "interrupted", "started", "completed",
 )
 
 
@@ -199,6 +199,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "seconds": seconds,
             "seconds_per_epoch": per_epoch,
             "device": ua.get("device"),
+            "data": ua.get("data"),
             "versions": json.dumps(ua["versions"], sort_keys=True) if ua.get("versions") else None,
             "failure": None if failure is None else str(failure),
             "diverged_epoch": ua.get("diverged_epoch"),
@@ -305,6 +306,62 @@ def gradient_flow(epochs: pd.DataFrame) -> pd.DataFrame:
     out = long.groupby(cols, sort=False, dropna=False)["grad_norm"].mean().reset_index()
     out["_o"] = out["stage"].map(order)
     return out.sort_values(["variant", "epoch", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- per point (iterations)
+
+POINT_FIELDS = ("train_loss", "train_error")
+_CURVE_KEYS = ["variant", "connection", "activation", "block", "depth", "shortcut", "stem", "width"]
+
+
+def points_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per (trial, point): training loss and error at evenly spaced steps of every epoch
+    (the `points` of each stored epoch record, docs/storage.md), against `iteration`, the
+    optimisation steps done at the point. Empty for studies stored without points."""
+    variants = {v.get("name"): v for v in (study.user_attrs.get("variants") or []) if isinstance(v, dict)}
+    rows: list[dict[str, Any]] = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        name = _variant_name(ua, t.params, t.number)
+        axes = _axes(variants.get(name) or t.params)
+        base = {
+            "number": t.number, "variant": name, "kind": ua.get("kind") or ("final" if not study.user_attrs.get("search") else None),
+            "seed": ua.get("seed", t.params.get("seed")), "state": t.state.name,
+            **{a: axes[a] for a in AXES if a != "blocks"},
+        }
+        for h in ua.get("history") or []:
+            if not isinstance(h, dict):
+                continue
+            for pt in h.get("points") or []:
+                if isinstance(pt, dict) and pt.get("iteration") is not None:
+                    rows.append({**base, "epoch": h.get("epoch"), "iteration": int(pt["iteration"]),
+                                 **{f: _number(pt.get(f)) for f in POINT_FIELDS}})
+    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "epoch", "iteration", *POINT_FIELDS]
+    df = pd.DataFrame(rows, columns=columns)
+    if len(df):
+        for col in ("seed", "depth", "width", "epoch", "iteration"):
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def iteration_curves(points: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """He et al. 2016, Figure 6 against iterations: per (variant, iteration), training loss and
+    error (mean and std over the final runs' seeds, over the steps since the previous point),
+    and at each epoch's last iteration the test error (NaN elsewhere: it is measured per epoch)."""
+    fin = _finals(points)
+    cols = [*_CURVE_KEYS, "iteration", "epoch"]
+    stats = ["train_loss_mean", "train_error_mean", "train_error_std", "test_error_mean", "test_error_std", "n"]
+    if fin.empty:
+        return pd.DataFrame(columns=[*cols, *stats])
+    out = fin.groupby(cols, sort=True, dropna=False).agg(
+        train_loss_mean=("train_loss", "mean"), train_error_mean=("train_error", "mean"),
+        train_error_std=("train_error", "std"), n=("number", "nunique"),
+    ).reset_index()
+    ends = out.groupby(["variant", "epoch"])["iteration"].transform("max") == out["iteration"]
+    test = curves(epochs)[["variant", "epoch", "test_error_mean", "test_error_std"]]
+    out = out.merge(test, on=["variant", "epoch"], how="left")
+    out.loc[~ends.to_numpy(), ["test_error_mean", "test_error_std"]] = math.nan
+    return out[[*cols, *stats]].sort_values(["variant", "iteration"]).reset_index(drop=True)
 
 
 def gradient_ratios(grads: pd.DataFrame, epoch: int | None = None) -> pd.DataFrame:

@@ -11,6 +11,8 @@ import gzip
 import hashlib
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from dataclasses import replace
@@ -22,7 +24,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ablate import data
+from ablate import bundled, data
 from ablate.data import AUGMENTATIONS, DataError, Split, augment, batches, load_dataset, normalize, split_indices
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -327,6 +329,98 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     assert x.dtype == torch.float32
     assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01
     assert not any(tmp_path.iterdir())  # found, so nothing was written
+
+
+# --- The Fashion-MNIST subset bundled with ablate ---------------------------------------------
+
+needs_debian = pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} absent: `apt-get install dataset-fashion-mnist`")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def without_system_copy(monkeypatch, tmp_path) -> Path:
+    """Fashion-MNIST as on a machine without Debian's package: the system-wide folder is elsewhere
+    and empty, and nothing is downloaded. Returns a data dir with nothing in it."""
+    monkeypatch.setitem(data._LAYOUTS, "fashion-mnist", replace(data._LAYOUTS["fashion-mnist"], elsewhere=(tmp_path / "system",)))
+    monkeypatch.setattr(data, "_download", lambda *args: pytest.fail("downloaded although the bundled subset holds the data"))
+    return tmp_path / "data"
+
+
+def test_the_bundle_is_small_and_carries_its_licence():
+    path = bundled.bundled_path("fashion-mnist")
+    assert path.stat().st_size < 8 * 2**20  # the issue's limit on repository files
+    licence = (path.parent / "FASHION-MNIST-LICENSE").read_text()
+    assert "Copyright (c) 2017 Zalando SE" in licence and "Permission is hereby granted, free of charge" in licence
+    b = bundled.read_bundle("fashion-mnist")
+    assert b.train_images.shape == (len(b.train_index), 1, 28, 28) and b.test_images.shape == (len(b.test_index), 1, 28, 28)
+    assert len(b.train_labels) == 60_000 and len(b.test_labels) == 10_000
+    # Class-balanced, and the first examples of ablate's seed-0 order: the subset of that size.
+    for labels, index in ((b.train_labels, b.train_index), (b.test_labels, b.test_index)):
+        counts = np.bincount(labels[index], minlength=10)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == len(index)
+    assert np.array_equal(b.train_index, split_indices(b.train_labels, train_subset=len(b.train_index), seed=0)[0])
+    assert np.array_equal(b.test_index, data.balanced_test_indices(b.test_labels, len(b.test_index), seed=0))
+
+
+@needs_debian
+def test_the_bundle_holds_the_official_images():
+    """Against Debian's copy of the official files: every label, and each bundled image where it belongs."""
+    b = bundled.read_bundle("fashion-mnist")
+    train_x, train_y, test_x, test_y = data._read("fashion-mnist", str(FASHION))
+    assert np.array_equal(b.train_labels, train_y.numpy()) and np.array_equal(b.test_labels, test_y.numpy())
+    assert np.array_equal(b.train_images, train_x[torch.from_numpy(b.train_index).long()].numpy())
+    assert np.array_equal(b.test_images, test_x[torch.from_numpy(b.test_index).long()].numpy())
+
+
+@needs_debian
+def test_the_bundle_is_what_its_script_writes(tmp_path):
+    out = tmp_path / "subset.npz"
+    b = bundled.read_bundle("fashion-mnist")
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "bundle_fashion_mnist.py"), "--from", str(FASHION), "--out", str(out),
+                             "--train", str(len(b.train_index)), "--test", str(len(b.test_index))], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == bundled.bundled_path("fashion-mnist").read_bytes()
+
+
+@needs_debian
+def test_the_bundle_gives_the_same_splits_as_the_full_files(tmp_path, monkeypatch, caplog):
+    full = load_dataset("fashion-mnist", data_dir=tmp_path / "data", train_subset=4096, test_subset=1000, download=False)
+    assert full.source == str(FASHION)  # the full files are used whenever they are present
+    without_system_copy(monkeypatch, tmp_path)
+    with caplog.at_level("INFO", logger="ablate"):
+        small = load_dataset("fashion-mnist", data_dir=tmp_path / "data", train_subset=4096, test_subset=1000)
+    assert small.source.startswith(data.BUNDLED_SOURCE)
+    for name in ("train", "test"):
+        a, b = getattr(full, name), getattr(small, name)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    notes = [r.getMessage() for r in caplog.records if r.name == "ablate.data"]
+    assert len(notes) == 1 and "\n" not in notes[0] and "using the subset bundled with ablate" in notes[0]
+    assert str(tmp_path / "system") in notes[0]  # where it looked
+
+
+def test_the_bundle_serves_any_study_that_fits(tmp_path, monkeypatch):
+    root = without_system_copy(monkeypatch, tmp_path)
+    b = bundled.read_bundle("fashion-mnist")
+    splits = load_dataset("fashion-mnist", data_dir=root, train_subset=len(b.train_index), test_subset=len(b.test_index))
+    assert splits.source.startswith(data.BUNDLED_SOURCE) and not root.exists()  # nothing written
+    assert torch.equal(splits.train.images, torch.from_numpy(b.train_images))
+    assert splits.train.labels.bincount().tolist() == np.bincount(b.train_labels[b.train_index]).tolist()
+    smaller = load_dataset("fashion-mnist", data_dir=root, train_subset=100, test_subset=50)
+    assert len(smaller.train) == 100 and len(smaller.test) == 50
+    assert smaller.train.labels.bincount().tolist() == [10] * 10 and smaller.test.labels.bincount().tolist() == [5] * 10
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"train_subset": 100}, "test_subset all"),  # the whole test split is not bundled
+    ({"train_subset": 100, "test_subset": 50, "val_size": 500}, "val_size 500"),
+    ({"train_subset": 20_000, "test_subset": 50}, "train_subset 20000"),
+])
+def test_what_the_bundle_does_not_hold_is_a_clear_error(tmp_path, monkeypatch, kwargs, why):
+    root = without_system_copy(monkeypatch, tmp_path)
+    with pytest.raises(DataError) as error:
+        load_dataset("fashion-mnist", data_dir=root, download=False, **kwargs)
+    message = str(error.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "bundled with ablate" in message and why in message
+    assert "\n" not in message
 
 
 # --- Missing, broken and downloaded datasets --------------------------------------------------

@@ -3,7 +3,6 @@ SIGKILL, failures recorded, `ablate ls/show/dashboard`."""
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import os
@@ -19,39 +18,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import SMALL_STUDY, ablate
 
 import ablate.driver as driver
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.study import load_study, parse_study
-from ablate.tables import trials_table, variant_summary, verdicts
+from ablate.study import parse_study
 from ablate.train import train as real_train
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_fashion = pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 
-SMALL = """
-name = "small"
-description = "plain vs residual, tiny"
-dataset = "fashion-mnist"
-[fixed]
-width = 4
-[grid]
-connection = ["plain", "residual"]
-depth = [8, 14]
-[train]
-epochs = 2
-batch_size = 64
-lr = 0.1
-schedule = "onecycle"
-train_subset = 512
-val_size = 256
-[search]
-trials = 2
-lr = { low = 0.02, high = 0.3, log = true }
-pruner = "median"
-[seeds]
-count = 2
-"""
+SMALL = SMALL_STUDY.read_text()
 
 
 def ablate(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -167,11 +144,10 @@ def test_missing_dataset_is_a_clear_error_before_training(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-@needs_fashion
-def test_run_end_to_end_and_again_trains_nothing(tmp_path):
-    study_file = write(tmp_path, SMALL)
+def test_run_end_to_end_and_again_trains_nothing(small_run):
+    """`ablate run` of the small study (trained once per session, tests/conftest.py) on the full files."""
+    tmp_path, study_file, result = small_run.folder, SMALL_STUDY, small_run.result
     db = tmp_path / "ablate.db"
-    result = ablate("run", str(study_file), "--device", "cpu", cwd=tmp_path)  # default storage: ./ablate.db
     assert result.returncode == 0, result.stderr
     assert db.exists()
     assert "plain-14-w4" in result.stdout and "sqlite:///ablate.db" in result.stdout
@@ -201,6 +177,14 @@ def test_run_end_to_end_and_again_trains_nothing(tmp_path):
                 assert key in t.user_attrs, key
             assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]
             assert set(t.user_attrs["history"][0]["grad_norms"]) == {"stem", "stage1", "stage2", "stage3", "head"}
+            # 512 images in batches of 64: 8 steps an epoch, each its own point (fewer than points_per_epoch = 10).
+            points = [pt for h in t.user_attrs["history"] for pt in h["points"]]
+            assert [pt["iteration"] for pt in points] == list(range(1, 17))
+            assert all(0 <= pt["train_error"] <= 1 and pt["train_loss"] > 0 for pt in points)
+            for h in t.user_attrs["history"]:  # equal intervals: the epoch's means are the points' means
+                assert h["train_loss"] == pytest.approx(sum(pt["train_loss"] for pt in h["points"]) / len(h["points"]))
+                assert h["train_error"] == pytest.approx(sum(pt["train_error"] for pt in h["points"]) / len(h["points"]))
+            assert t.user_attrs["data"] == str(FASHION_MNIST_SYSTEM_DIR)  # the full files, not the bundled subset
             assert t.user_attrs["device"] == "cpu" and t.user_attrs["versions"]["optuna"] == optuna.__version__
     # Final runs repeat the best search trial's learning rate with seeds 1 and 2.
     for variant in ("plain-8-w4", "resnet-14-w4"):
@@ -372,27 +356,3 @@ def test_dashboard_serves_the_study(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-@needs_fashion
-def test_readme_main_job_quick_study(tmp_path):
-    """`uv run ablate run studies/quick.toml`, as the README says, shows the degradation."""
-    result = ablate("run", str(ROOT / "studies" / "quick.toml"), "--device", "cpu", cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr
-    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{tmp_path / 'ablate.db'}")
-    summary = variant_summary(trials_table(study), study.user_attrs["variants"]).set_index("variant")
-    quick = load_study(ROOT / "studies" / "quick.toml")
-    assert all(summary.loc[s.name, "seeds"] == quick.seeds for s in quick.variants)
-    train_error = summary["train_error_mean"]
-    assert train_error["plain-32-w8"] > train_error["plain-8-w8"]
-    assert train_error["resnet-32-w8"] < train_error["plain-32-w8"]
-
-    # `ablate run` wrote the report; its verdict states the degradation with this run's numbers.
-    page = (tmp_path / "reports" / "quick.html").read_text()
-    findings = {f.topic: f for f in verdicts(summary.reset_index(), "fashion-mnist")}
-    assert findings["degradation"].answer == "yes"
-    assert findings["residual"].answer == "yes"
-    for topic in ("degradation", "residual"):
-        assert html.escape(findings[topic].text) in page
-    plain8, plain32 = (f"{100 * train_error[v]:.1f}%" for v in ("plain-8-w8", "plain-32-w8"))
-    assert plain8 in findings["degradation"].text and plain32 in findings["degradation"].text

@@ -117,6 +117,10 @@ def test_shipped_studies_cover_the_papers():
         ('name = "x"\ndataset = "cifar10"\n[[variant]]\ndepth = 20\ncolor = 1\n', "[[variant]] #1.color: unknown axis"),
         ('name = "x"\ndataset = "cifar10"\n[[variant]]\ndepth = 20\n[[variant]]\ndepth = "deep"\n', "[[variant]] #2 (depth = 'deep'): depth: 'deep' is not valid"),
         ('name = "x"\ndataset = "cifar10"\n[fixed]\nconnection = "skip"\ndepth = 20\n', "connection: 'skip' is not valid; use one of 'plain', 'residual'"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 20\n[train]\ntest_subset = 20000\n', "train.test_subset: 20000 is more than cifar10's 10000 test examples"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 20\n[seeds]\nfirst = 2\n', "seeds.first: unknown key; [seeds] has count and start"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 20\n[seeds]\nstart = 0\n', "seeds.start: expected an integer >= 1"),
+        ('name = "x"\ndataset = "cifar10"\n[fixed]\ndepth = 20\n[seeds]\nstart = "6"\n', "seeds.start: expected an integer >= 1"),
     ],
 )
 def test_bad_study_files_get_one_clear_message(text, expected):
@@ -237,3 +241,50 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, content, expected):
     assert expected in result.stderr
     assert result.stderr.startswith("error: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_seeds_start_gives_disjoint_seed_sets():
+    from ablate import driver
+
+    base = 'name = "x"\ndataset = "cifar10"\n[grid]\nconnection = ["plain", "residual"]\ndepth = [20]\n[seeds]\ncount = 3\n'
+    first, second = parse_study(base), parse_study(base + "start = 4\n")
+    assert list(first.final_seeds) == [1, 2, 3] and list(second.final_seeds) == [4, 5, 6]
+    for study in (first, second):  # every variant runs the same seeds: runs pair by seed
+        by_variant = {}
+        for unit in driver.study_units(study):
+            by_variant.setdefault(unit.variant.name, []).append(unit.seed)
+        assert list(by_variant.values()) == [list(study.final_seeds)] * 2
+    assert json.loads(driver.definition(second))["first_seed"] == 4  # another study: not resumed from the first's storage
+    assert "first_seed" not in json.loads(driver.definition(first))  # storages written before [seeds] start still match
+    assert driver.distributions(second)["seed"].high == 6
+
+
+# ---------------------------------------------------------------- a fast command line
+
+PROBE = """
+import sys
+from ablate.cli import app
+try:
+    app(sys.argv[1:], prog_name="ablate")
+except SystemExit as exit:
+    code = exit.code
+print(code, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "torchvision", "numpy", "optuna", "pandas", "plotly", "scipy"}))
+"""
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--help"], 0),
+    (["run", "--help"], 0),
+    (["run", "BAD"], 2),
+    (["variants", "BAD"], 2),
+    (["run", "studies/quick.toml", "--first-seed", "0"], 2),
+])
+def test_help_and_bad_study_files_do_not_import_torch(tmp_path, args, code):
+    """Importing torch takes seconds: help and a bad study file answer without it."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndataset = "cifar10"\n[grid]\ndepth = [21]\n')
+    result = subprocess.run([sys.executable, "-c", PROBE, *(str(bad) if a == "BAD" else a for a in args)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.splitlines()[-1] == f"{code} []", result.stdout + result.stderr
+    if code == 2:
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""The training engine: recipes, schedules, determinism, checkpoint-resume, divergence, degradation."""
+"""The training engine: recipes, schedules, determinism, checkpoint-resume, divergence, curves at
+iteration resolution. (The degradation on real data: the quick study, tests/test_quick.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, precision_for, resolve_device, schedule, train
+from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, point_steps, precision_for, resolve_device, schedule, train
 from ablate.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)
@@ -48,6 +49,8 @@ def timeless(history) -> list[dict]:
         ({"learning_rate": 0.1}, "learning_rate: unknown recipe key; valid keys: epochs, iterations, batch_size, lr"),
         ({"lr": "fast"}, "lr: 'fast' is not valid"),
         ({"resize": 4}, "resize: 4 is not valid"),
+        ({"test_subset": 0}, "test_subset: 0 is not valid"),
+        ({"points_per_epoch": 0}, "points_per_epoch: 0 is not valid"),
     ],
 )
 def test_bad_recipes_name_the_key(table, expected):
@@ -210,6 +213,8 @@ def test_the_recipe_must_describe_the_data(synthetic):
         train(TINY, replace(FAST, val_size=0), synthetic)
     with pytest.raises(ValueError, match="train_subset: the recipe asks for 100 examples but the data has 1920"):
         train(TINY, replace(FAST, train_subset=100), synthetic)
+    with pytest.raises(ValueError, match="test_subset: the recipe asks for 100 test examples but the data has 512"):
+        train(TINY, replace(FAST, test_subset=100), synthetic)
 
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path, synthetic):
@@ -224,26 +229,34 @@ def test_resize_trains_at_another_resolution(synthetic):
     assert result.macs == pytest.approx(small.macs * (24 / 16) ** 2, rel=0.01)
 
 
-# ---------------------------------------------------------------- the degradation problem, measured
+# ---------------------------------------------------------------- training curves at iteration resolution
 
 
-@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_degradation_on_real_fashion_mnist():
-    """He et al. 2016, Figure 6 in two minutes: deeper plain nets train worse; shortcuts fix it.
-
-    Width-8 CIFAR-stem nets, 8192 real Fashion-MNIST images, 2 epochs on the CPU.
-    """
-    recipe = Recipe(epochs=2, batch_size=128, lr=0.1, schedule="onecycle", augment=(), train_subset=8192)
-    data = load_data("fashion-mnist", recipe)
-    error = {
-        (c, d): train(VariantSpec(connection=c, depth=d, width=8), recipe, data, seed=0).train_error
-        for c, d in (("plain", 8), ("plain", 32), ("residual", 32))
-    }
-    assert error["plain", 32] > error["plain", 8] + DEGRADATION_MARGIN, error
-    assert error["residual", 32] < error["plain", 32] - DEGRADATION_MARGIN, error
+def test_point_steps_are_evenly_spaced_and_close_the_epoch():
+    assert point_steps(64, 10) == [7, 13, 20, 26, 32, 39, 45, 52, 58, 64]
+    assert point_steps(10, 3) == [4, 7, 10]
+    assert point_steps(5, 10) == [1, 2, 3, 4, 5]  # fewer steps than points: every step
+    assert point_steps(1, 10) == [1]
 
 
-DEGRADATION_MARGIN = 0.03  # three percentage points of training error
+def test_points_record_loss_and_error_between_evenly_spaced_steps(synthetic):
+    """1920 images in batches of 64: 30 steps an epoch; 4 points close steps 8, 15, 23, 30."""
+    recipe = replace(FAST, points_per_epoch=4)
+    result = train(TINY, recipe, synthetic, seed=0)
+    steps = len(synthetic.train) // recipe.batch_size
+    assert steps == 30
+    for e in result.history:
+        assert [p["iteration"] for p in e.points] == [(e.epoch - 1) * steps + k for k in point_steps(steps, 4)]
+        # Each point is the mean over its interval's steps (and images, all batches full): weighted
+        # by interval length, the points give back the epoch's figures.
+        lengths = [b - a for a, b in zip([(e.epoch - 1) * steps] + [p["iteration"] for p in e.points], [p["iteration"] for p in e.points])]
+        assert sum(lengths) == steps
+        assert sum(n * p["train_loss"] for n, p in zip(lengths, e.points)) / steps == pytest.approx(e.train_loss, rel=1e-5)
+        assert sum(n * p["train_error"] for n, p in zip(lengths, e.points)) / steps == pytest.approx(e.train_error, rel=1e-9)
+        assert all(0 <= p["train_error"] <= 1 and math.isfinite(p["train_loss"]) for p in e.points)
+    first, last = result.history[0].points, result.history[-1].points
+    assert last[-1]["train_loss"] < first[0]["train_loss"]  # it learns: the curve has a shape
+    assert len(train(TINY, replace(FAST, epochs=1), synthetic, seed=0).history[0].points) == 10  # the default
 
 
 def test_the_cuda_precision_path_runs_on_the_cpu(tmp_path, synthetic):
