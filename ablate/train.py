@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.data import AUGMENTATIONS, Split, Splits, augment, batches, load_dataset, normalize
+from ablate.limits import BATCH_REASON, EPOCHS_REASON, LR_REASON, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 from ablate.models import build_model, count_params, measure
 from ablate.variants import VariantSpec
 
@@ -106,6 +107,23 @@ def check_recipe(r: Recipe) -> None:
         _fail("resize", f"{r.resize!r} is not valid; use a side length in pixels from 8 to 1024, or leave it out")
     if r.compile not in (True, False):
         _fail("compile", f"{r.compile!r} is not valid; use true or false")
+    _check_bounds(r)
+
+
+def _check_bounds(r: Recipe) -> None:
+    """Upper bounds (ablate.limits), with their reasons, and flags that are booleans, not numbers."""
+    if r.epochs > MAX_EPOCHS:
+        _fail("epochs", f"{r.epochs} is too many; use at most {MAX_EPOCHS} ({EPOCHS_REASON})")
+    if r.batch_size > MAX_BATCH_SIZE:
+        _fail("batch_size", f"{r.batch_size} is too large; use at most {MAX_BATCH_SIZE} ({BATCH_REASON})")
+    for key in ("lr", "warmup_lr"):
+        if getattr(r, key) > MAX_LR:
+            _fail(key, f"{getattr(r, key)!r} is too large; use a learning rate of at most {MAX_LR:g} ({LR_REASON})")
+    for key in ("nesterov", "compile"):
+        if not isinstance(getattr(r, key), bool):
+            _fail(key, f"{getattr(r, key)!r} is not valid; use true or false")
+    if r.train_subset is not None and r.train_subset < r.batch_size:
+        _fail("train_subset", f"{r.train_subset} examples is less than one batch ({r.batch_size}); use at least batch_size examples")
 
 
 def make_recipe(table: dict[str, Any]) -> Recipe:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.limits import MAX_LR
 from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, precision_for, resolve_device, train
 from ablate.variants import VariantSpec
 
@@ -132,7 +133,8 @@ def test_callback_exceptions_propagate(synthetic):
 
 
 def test_divergence_is_a_result_not_an_exception(synthetic):
-    absurd = replace(FAST, lr=1e4, schedule="constant", weight_decay=0.0)
+    # The learning rate is bounded (ablate.limits.MAX_LR); an absurd weight decay at that rate blows up.
+    absurd = replace(FAST, lr=MAX_LR, schedule="constant", weight_decay=1e3)
     result = train(TINY, absurd, synthetic, seed=0)
     assert result.diverged
     assert result.diverged_epoch == 1
