@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ablate import __version__
 from ablate.study import Study, StudyError, load_study
@@ -26,7 +27,8 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message quotes the user's text (a study file's values, a path): printed as it is, never as Rich markup.
+    err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -193,7 +195,7 @@ class _Display:
             self.bar.advance(self.units)
             state = trial.state.name.lower()
             what = trial.user_attrs.get("failure") or (f"test error {100 * trial.value:.2f}%" if trial.value is not None else "")
-            self.bar.console.print(f"{unit.key}: {state} {what}", highlight=False, soft_wrap=True)
+            self.bar.console.print(f"{unit.key}: {state} {what}", highlight=False, soft_wrap=True, markup=False)
 
         def on_wait(running: int) -> None:
             self.bar.update(self.trial, visible=True, description=f"waiting for {running} trial(s) running elsewhere", total=None)

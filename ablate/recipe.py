@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ablate.catalog import AUGMENTATIONS
+from ablate.limits import BATCH_REASON, EPOCHS_REASON, LR_REASON, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WARMUPS = ("linear", "constant")
@@ -133,6 +134,31 @@ def check_recipe(r: Recipe) -> None:
         _fail("resize", f"{r.resize!r} is not valid; use a side length in pixels from 8 to 1024, or leave it out")
     if r.compile not in (True, False):
         _fail("compile", f"{r.compile!r} is not valid; use true or false")
+    _check_bounds(r)
+
+
+#: Optimizer steps: as many as MAX_EPOCHS epochs of CIFAR-10 at batch 128 (He et al.: 64k).
+MAX_ITERATIONS = MAX_EPOCHS * 391
+
+
+def _check_bounds(r: Recipe) -> None:
+    """Upper bounds (ablate.limits), with their reasons, and flags that are booleans, not numbers."""
+    if r.epochs is not None and r.epochs > MAX_EPOCHS:
+        _fail("epochs", f"{r.epochs} is too many; use at most {MAX_EPOCHS} ({EPOCHS_REASON})")
+    if r.iterations is not None and r.iterations > MAX_ITERATIONS:
+        _fail("iterations", f"{r.iterations} is too many; use at most {MAX_ITERATIONS} ({EPOCHS_REASON}; He et al. train 64k iterations)")
+    if r.warmup_iterations is not None and r.warmup_iterations > MAX_ITERATIONS:
+        _fail("warmup_iterations", f"{r.warmup_iterations} is too many; use at most {MAX_ITERATIONS}")
+    if r.batch_size > MAX_BATCH_SIZE:
+        _fail("batch_size", f"{r.batch_size} is too large; use at most {MAX_BATCH_SIZE} ({BATCH_REASON})")
+    for key in ("lr", "warmup_lr"):
+        if getattr(r, key) > MAX_LR:
+            _fail(key, f"{getattr(r, key)!r} is too large; use a learning rate of at most {MAX_LR:g} ({LR_REASON})")
+    for key in ("nesterov", "compile"):
+        if not isinstance(getattr(r, key), bool):
+            _fail(key, f"{getattr(r, key)!r} is not valid; use true or false")
+    if r.train_subset is not None and r.train_subset < r.batch_size:
+        _fail("train_subset", f"{r.train_subset} examples is less than one batch ({r.batch_size}); use at least batch_size examples")
 
 
 def make_recipe(table: dict[str, Any]) -> Recipe:

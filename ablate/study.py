@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablate import limits
 from ablate.catalog import DATASETS, DatasetInfo, dataset_info
 from ablate.recipe import ALTERNATIVES, Recipe, make_recipe
 from ablate.variants import AXES, VariantSpec, make_variant
@@ -163,6 +165,12 @@ def _describe(point: dict[str, Any]) -> str:
 def expand_variants(where: str, fixed: dict[str, Any], grid: dict[str, list[Any]], extra: list[dict[str, Any]]) -> tuple[VariantSpec, ...]:
     """Every grid point (in file order, the last axis varying fastest) and then every extra
     variant, each over the fixed axes; points that describe the same network appear once."""
+    points = math.prod(len(v) for v in grid.values()) if grid else 0
+    if points + len(extra) > limits.MAX_VARIANTS:
+        raise StudyError(
+            f"{where}: [grid]: {points} grid points and {len(extra)} [[variant]] tables make {points + len(extra)} variants; "
+            f"use at most {limits.MAX_VARIANTS} ({limits.VARIANTS_REASON})"
+        )
     specs: list[VariantSpec] = []
     if grid:
         for values in itertools.product(*grid.values()):
@@ -175,13 +183,48 @@ def expand_variants(where: str, fixed: dict[str, Any], grid: dict[str, list[Any]
     return tuple(dict.fromkeys(specs))  # dedupe, keeping the first occurrence's order
 
 
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,%d}$" % limits.MAX_STRING)
+
+
+def _check_shape(where: str, doc: dict[str, Any]) -> None:
+    """Sizes before meanings: keys are names, strings and lists are short, nothing nests deeply.
+    After this every message can quote the user's values and stays one short line."""
+    stack: list[tuple[str, Any, int]] = [("", doc, 0)]
+    while stack:
+        at, value, depth = stack.pop()
+        here = at or "the file"
+        if depth > limits.MAX_NESTING:
+            raise StudyError(f"{where}: {here}: nested {depth} deep; a study file nests tables and lists at most {limits.MAX_NESTING} deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not KEY_PATTERN.match(key):
+                    raise StudyError(f"{where}: {here}: {key[:40]!r}{'...' if len(key) > 40 else ''} is not a valid key; "
+                                     f"keys are letters, digits, '_' and '-' (at most {limits.MAX_STRING})")
+                stack.append((f"{at}.{key}" if at else key, item, depth + 1))
+        elif isinstance(value, list):
+            if len(value) > limits.MAX_LIST:
+                raise StudyError(f"{where}: {here}: a list of {len(value)} values; use at most {limits.MAX_LIST}")
+            stack.extend((f"{at}[{i}]", item, depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            longest = limits.MAX_DESCRIPTION if at == "description" else limits.MAX_STRING
+            if len(value) > longest:
+                raise StudyError(f"{where}: {here}: a string of {len(value)} characters; use at most {longest}")
+
+
 def parse_study(text: str, path: str = "<study>") -> Study:
     """Parse and validate a study file's text; raises StudyError with a message for the user."""
     where = path
+    if len(text) > limits.MAX_STUDY_BYTES:
+        raise StudyError(f"{where}: the file has {len(text)} characters; a study file may have at most {limits.MAX_STUDY_BYTES} ({limits.MAX_STUDY_BYTES_REASON})")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{where}: TOML syntax error: {exc}") from None
+    except RecursionError:
+        raise StudyError(f"{where}: TOML: values nested too deeply to read; a study file nests tables and lists at most {limits.MAX_NESTING} deep") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise StudyError(f"{where}: TOML: a value cannot be read: {exc}") from None
+    _check_shape(where, doc)
 
     for key in doc:
         if key not in TOP_LEVEL:
@@ -235,6 +278,12 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         trains.append(own)
 
     variants = expand_variants(where, fixed, grid, extra)
+    blocks = sum(sum(v.blocks) for v in variants)
+    if blocks > limits.MAX_STUDY_BLOCKS:
+        raise StudyError(
+            f"{where}: [grid]: the {len(variants)} variants have {blocks} blocks in all; use at most {limits.MAX_STUDY_BLOCKS} "
+            f"({limits.STUDY_BLOCKS_REASON}): split the study or drop the deepest variants"
+        )
 
     train = doc.get("train", {})
     _expect(where, "train", train, dict, "a table [train] of recipe keys")
@@ -250,9 +299,10 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         )
     if recipe.val_size >= DATASETS[dataset].train_size:
         raise StudyError(f"{where}: train.val_size: {recipe.val_size} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
+    _check_batch_fits(f"{where}: train.batch_size", recipe.batch_size, recipe, DATASETS[dataset])
+    search = _parse_search(where, doc.get("search"), recipe, DATASETS[dataset])
     if recipe.test_subset is not None and recipe.test_subset > DATASETS[dataset].test_size:
         raise StudyError(f"{where}: train.test_subset: {recipe.test_subset} is more than {dataset}'s {DATASETS[dataset].test_size} test examples; lower it or leave it out")
-    search = _parse_search(where, doc.get("search"), recipe)
     if search is not None and recipe.val_size == 0:
         raise StudyError(
             f"{where}: train.val_size: a [search] needs a validation split to steer on (the test set must never choose "
@@ -278,6 +328,14 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         check_first_seed(first_seed)
     except ValueError as exc:
         raise StudyError(f"{where}: seeds.start: {exc}") from None
+    if seeds > limits.MAX_SEEDS:
+        raise StudyError(f"{where}: seeds.count: {seeds} is too many; use at most {limits.MAX_SEEDS} ({limits.SEEDS_REASON})")
+    units = len(variants) * (seeds + (search.trials if search else 0))
+    if units > limits.MAX_UNITS:
+        raise StudyError(
+            f"{where}: seeds.count: {len(variants)} variants x ({seeds} seeds + {search.trials if search else 0} search trials) "
+            f"make {units} trials; use at most {limits.MAX_UNITS} ({limits.UNITS_REASON})"
+        )
     return Study(
         name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
         recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides,
@@ -310,7 +368,15 @@ def _overrides(where: str, fixed: dict[str, Any], grid: dict[str, list[Any]], ex
     return out
 
 
-def _parse_search(where: str, table: Any, recipe: Recipe) -> Search | None:
+def _check_batch_fits(at: str, batch_size: Any, recipe: Recipe, info: DatasetInfo) -> None:
+    """One batch must fit in the training examples a recipe leaves (train_subset is checked against
+    the batch by the recipe itself)."""
+    available = info.train_size - recipe.val_size if recipe.train_subset is None else recipe.train_subset
+    if isinstance(batch_size, int) and batch_size > available:
+        raise StudyError(f"{at}: {batch_size} is more than the {available} training examples; use a smaller batch")
+
+
+def _parse_search(where: str, table: Any, recipe: Recipe, info: DatasetInfo) -> Search | None:
     if table is None:
         return None
     _expect(where, "search", table, dict, "a table [search]")
@@ -319,6 +385,8 @@ def _parse_search(where: str, table: Any, recipe: Recipe) -> Search | None:
     trials = table["trials"]
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise StudyError(f"{where}: search.trials: expected a positive integer (trials per variant), got {trials!r}")
+    if trials > limits.MAX_TRIALS:
+        raise StudyError(f"{where}: search.trials: {trials} is too many; use at most {limits.MAX_TRIALS} ({limits.TRIALS_REASON})")
     sampler = table.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise StudyError(f"{where}: search.sampler: {sampler!r} is not valid; use one of {', '.join(SAMPLERS)}")
@@ -334,13 +402,13 @@ def _parse_search(where: str, table: Any, recipe: Recipe) -> Search | None:
                 f"{where}: search.{key}: not a searchable recipe key; search one of {', '.join(SEARCHABLE)} "
                 "(or set trials, sampler, pruner)"
             )
-        space.append(_search_param(where, key, spec, recipe))
+        space.append(_search_param(where, key, spec, recipe, info))
     if not space:
         raise StudyError(f"{where}: search: nothing to search; add a range such as lr = {{ low = 0.01, high = 0.4, log = true }}")
     return Search(trials=trials, space=tuple(space), sampler=sampler, pruner=pruner)
 
 
-def _search_param(where: str, key: str, spec: Any, recipe: Recipe) -> SearchParam:
+def _search_param(where: str, key: str, spec: Any, recipe: Recipe, info: DatasetInfo) -> SearchParam:
     kind = SEARCHABLE[key]
     at = f"{where}: search.{key}"
     example = "{ choices = [...] }" if kind == "choice" else "{ low = ..., high = ..., log = true }"
@@ -376,6 +444,8 @@ def _search_param(where: str, key: str, spec: Any, recipe: Recipe) -> SearchPara
             dataclasses.replace(recipe, **{key: v})  # Recipe validates itself
         except (ValueError, TypeError) as exc:
             raise StudyError(f"{at}: {v!r} would not be a valid recipe: {exc}") from None
+        if key == "batch_size":
+            _check_batch_fits(at, v, recipe, info)
     return param
 
 
@@ -386,7 +456,11 @@ def load_study(path: str | Path) -> Study:
         hint = " (it is a directory)" if p.is_dir() else ""
         raise StudyError(f"{p}: study file not found{hint}; give the path of a .toml study file, e.g. studies/quick.toml")
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(limits.MAX_STUDY_BYTES + 1)  # never more, whatever the file's size
+        if len(data) > limits.MAX_STUDY_BYTES:
+            raise StudyError(f"{p}: the file is larger than {limits.MAX_STUDY_BYTES} bytes, the most a study file may have ({limits.MAX_STUDY_BYTES_REASON})")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StudyError(f"{p}: cannot read the study file: {exc}") from None
     return parse_study(text, str(p))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.checkpoint import load as load_checkpoint
+from ablate.checkpoint import save as save_checkpoint
 from ablate.data import Split, Splits, augment, batches, load_dataset, normalize
 from ablate.models import build_model, count_params, measure
 from ablate.recipe import (  # noqa: F401 (re-exported)
@@ -191,11 +192,9 @@ def _rng_states(device: torch.device, gen: torch.Generator) -> dict[str, torch.T
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomically: a run killed while saving leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Atomically, with a checksum (ablate.checkpoint): a run killed while saving leaves the previous
+    checkpoint intact, and damage is found before anything is unpickled."""
+    save_checkpoint(path, payload)
 
 
 def _points(marks: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> tuple[dict[str, float], ...]:
@@ -257,10 +256,9 @@ def train(
     start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     fingerprint = _fingerprint(spec, recipe, seed, data)
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(f"checkpoint {ckpt} belongs to another run ({state['fingerprint']}); delete it or choose another path")
+    # A checkpoint that cannot be used (damaged, another run's) is discarded with a warning: from scratch.
+    state = load_checkpoint(ckpt, fingerprint, model, map_location=device) if ckpt is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["cpu"])

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ablate.limits import BLOCKS_REASON, MAX_BLOCKS_PER_STAGE, MAX_WIDTH, WIDTH_REASON
+
 CONNECTIONS = ("plain", "residual")
 ACTIVATIONS = ("post", "pre")
 BLOCKS = ("basic", "bottleneck")
@@ -54,8 +56,8 @@ IMAGENET_TABLE = {
 def _cifar_depths_near(block: str, depth: int, count: int = 2) -> list[int]:
     """Valid CIFAR-stem depths (6n+2 or 9n+2, n >= 1) nearest to `depth`."""
     step = 3 * LAYERS_PER_BLOCK[block]
-    n = max(1, round((depth - 2) / step))
-    candidates = {step * k + 2 for k in range(max(1, n - 2), n + 3)}
+    n = min(MAX_BLOCKS_PER_STAGE, max(1, (depth - 2 + step // 2) // step))  # integers: no float rounding of huge depths
+    candidates = {step * k + 2 for k in range(max(1, n - 2), min(MAX_BLOCKS_PER_STAGE, n + 2) + 1)}
     return sorted(sorted(candidates, key=lambda d: (abs(d - depth), d))[:count])
 
 
@@ -96,6 +98,8 @@ class VariantSpec:
         width = DEFAULT_WIDTH[self.stem] if self.width is None else self.width
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width: {self.width!r} is not valid; use a positive integer (default {DEFAULT_WIDTH[self.stem]})")
+        if width > MAX_WIDTH:
+            raise ValueError(f"width: {width} is too wide; use at most {MAX_WIDTH} ({WIDTH_REASON})")
         set_("width", width)
 
         stages = STAGES[self.stem]
@@ -110,6 +114,8 @@ class VariantSpec:
                     f"so give {stages} positive integers, e.g. {list((2,) * stages)}"
                 )
             blocks = tuple(blocks)
+            if max(blocks) > MAX_BLOCKS_PER_STAGE:
+                raise ValueError(f"blocks: {max(blocks)} blocks in one stage is too many; use at most {MAX_BLOCKS_PER_STAGE} per stage ({BLOCKS_REASON})")
             implied = per_block * sum(blocks) + 2
             if self.depth is not None and self.depth != implied:
                 raise ValueError(
@@ -125,6 +131,12 @@ class VariantSpec:
         depth = self.depth
         if isinstance(depth, bool) or not isinstance(depth, int):
             raise ValueError(f"depth: {depth!r} is not valid; use an integer number of weighted layers")
+        deepest = max_depth(self.stem, self.block)
+        if depth > deepest:
+            raise ValueError(
+                f"depth: {depth} is too deep; a {self.block} {'CIFAR' if self.stem == 'cifar' else 'ImageNet'}-stem net "
+                f"has at most {deepest} layers ({MAX_BLOCKS_PER_STAGE} blocks per stage: {BLOCKS_REASON})"
+            )
         set_("blocks", _depth_rule(self.stem, self.block, depth))
 
     # Derived values are properties, never fields to keep in sync.
@@ -146,6 +158,11 @@ class VariantSpec:
         d = asdict(self)
         d["blocks"] = list(self.blocks)
         return d
+
+
+def max_depth(stem: str, block: str) -> int:
+    """The deepest net the bounds allow: every stage at `MAX_BLOCKS_PER_STAGE` blocks."""
+    return LAYERS_PER_BLOCK[block] * STAGES[stem] * MAX_BLOCKS_PER_STAGE + 2
 
 
 def _depth_rule(stem: str, block: str, depth: int) -> tuple[int, ...]:

@@ -22,7 +22,8 @@ from conftest import SMALL_STUDY, ablate
 
 import ablate.driver as driver
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.study import parse_study
+from ablate.limits import MAX_LR
+from ablate.study import load_study, parse_study
 from ablate.train import train as real_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,7 +298,7 @@ def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
         if key in raising:
             raise RuntimeError(f"CUDA out of memory (injected for {key})")
         if key == "resnet-8-w4/final/0":
-            return real_train(spec, replace(recipe, lr=1e20, weight_decay=0.0, schedule="constant"), data, seed=seed, **kw)
+            return real_train(spec, replace(recipe, lr=MAX_LR, weight_decay=1e3, schedule="constant"), data, seed=seed, **kw)
         return real_train(spec, recipe, data, seed=seed, **kw)
 
     monkeypatch.setattr(driver, "train", faulty_train)

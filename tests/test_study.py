@@ -288,3 +288,104 @@ def test_help_and_bad_study_files_do_not_import_torch(tmp_path, args, code):
     assert result.stdout.splitlines()[-1] == f"{code} []", result.stdout + result.stderr
     if code == 2:
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- hostile input: bounds, sizes, nesting
+
+BASE = 'name = "x"\ndataset = "fashion-mnist"\n'
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # Issue 10's probes: each is one line naming the key, the bound and its reason, at once.
+        (BASE + "[fixed]\nwidth = 1000000000\ndepth = 20\n", "width: 1000000000 is too wide; use at most 1024 (over six times WRN-28-10's 160"),
+        (BASE + "[grid]\ndepth = [9223372036854775808]\n", "depth: 9223372036854775808 is too deep; a basic CIFAR-stem net has at most 2402 layers"),
+        (BASE + f"[fixed]\ndepth = {2**64}\n", f"depth: {2**64} is too deep"),
+        (BASE + "[fixed]\nblocks = [100000000, 1, 1]\n", "blocks: 100000000 blocks in one stage is too many; use at most 400 per stage (twice ResNet-1202's 200"),
+        (BASE + "[grid]\ndepth = [" + ", ".join(str(6 * n + 2) for n in range(1, 400)) + "]\n", "grid.depth: a list of 399 values; use at most 256"),
+        (BASE + "[grid]\ndepth = [" + ", ".join(str(6 * n + 2) for n in range(150, 170)) + "]\n", "blocks in all; use at most 5000 (about eight ResNet-1202s"),
+        (BASE + "[grid]\nwidth = [" + ", ".join(map(str, range(1, 21))) + "]\ndepth = [8, 14, 20, 26, 32, 38, 44, 50, 56, 62, 68, 74, 80, 86]\n",
+         "[grid]: 280 grid points and 0 [[variant]] tables make 280 variants; use at most 256"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nepochs = 99999999999999999999999\n", "train.epochs: 99999999999999999999999 is too many; use at most 10000"),
+        (BASE + "[fixed]\ndepth = 8\n[seeds]\ncount = 1000000000\n", "seeds.count: 1000000000 is too many; use at most 100"),
+        (BASE + "[fixed]\ndepth = 8\n[search]\ntrials = 1000000000\nlr = { low = 0.01, high = 0.1 }\n", "search.trials: 1000000000 is too many; use at most 1000"),
+        (BASE + "[grid]\ndepth = [8, 14, 20]\nwidth = [4, 8, 16, 32, 64, 128, 256]\n[search]\ntrials = 1000\nlr = { low = 0.01, high = 0.1 }\n[seeds]\ncount = 100\n",
+         "make 23100 trials; use at most 20000"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nbatch_size = 1000000000\n", "train.batch_size: 1000000000 is too large; use at most 32768"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nbatch_size = 32768\nval_size = 40000\n", "train.batch_size: 32768 is more than the 20000 training examples"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nlr = 1e308\n", "train.lr: 1e+308 is too large; use a learning rate of at most 10"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nlr = inf\n", "train.lr: inf is not valid; use a finite number"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nlr = -0.1\n", "train.lr: -0.1 is not valid"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nlr = 0.0\n", "train.lr: 0.0 is not valid; use a learning rate > 0"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\ntrain_subset = 1\n", "train.train_subset: 1 examples is less than one batch (128)"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\ntrain_subset = 256\n[search]\ntrials = 2\nbatch_size = { low = 64, high = 512 }\n",
+         "search.batch_size: 512 would not be a valid recipe: train_subset: 256 examples is less than one batch (512)"),
+        (BASE + "[fixed]\ndepth = 8\n[search]\ntrials = 2\nbatch_size = { low = 64, high = 100000 }\n", "search.batch_size: 100000 would not be a valid recipe: batch_size: 100000 is too large"),
+        (BASE + "[fixed]\ndepth = 8\n[search]\ntrials = 2\nnesterov = { choices = [1] }\n", "nesterov: 1 is not valid; use true or false"),
+        (BASE + "x = " + "{a=" * 500 + "1" + "}" * 500 + "\n", "TOML: values nested too deeply to read"),
+        (BASE + "[fixed]\ndepth = " + "[" * 1000 + "]" * 1000 + "\n", "TOML: values nested too deeply to read"),
+        (BASE + "[fixed]\ndepth = " + "[" * 20 + "]" * 20 + "\n", "fixed.depth[0][0][0][0][0]: nested 7 deep; a study file nests tables and lists at most 6 deep"),
+        (BASE + "[fixed]\ndepth = " + "9" * 5000 + "\n", "TOML: a value cannot be read: Exceeds the limit (4300 digits)"),
+        (BASE + '"a\\nb" = 1\n', "'a\\nb' is not a valid key"),
+        (BASE + 'description = "' + "d" * 10_001 + '"\n', "description: a string of 10001 characters; use at most 10000"),
+        (BASE + '[fixed]\nconnection = "' + "p" * 201 + '"\n', "fixed.connection: a string of 201 characters; use at most 200"),
+        (BASE + "# " + "c" * (1 << 20) + "\n", "a study file may have at most 1048576"),
+    ],
+)
+def test_hostile_study_files_get_one_clear_message(text, expected):
+    with pytest.raises(StudyError) as info:
+        parse_study(text, "bad.toml")
+    message = str(info.value)
+    assert message.startswith("bad.toml: ") and "\n" not in message
+    assert expected in message
+
+
+def test_the_largest_allowed_values_make_a_valid_study():
+    study = parse_study(BASE + "[fixed]\nwidth = 1024\nblocks = [400, 400, 400]\n[train]\nepochs = 10000\nbatch_size = 32768\nlr = 10.0\n[seeds]\ncount = 100\n")
+    assert study.variants[0].depth == 2402 and study.recipe.epochs == 10_000 and study.seeds == 100
+
+
+def test_nearest_depths_are_exact_integers():
+    with pytest.raises(StudyError, match=r"nearest valid depths: 2396, 2402$"):
+        parse_study(BASE + "[fixed]\ndepth = 2401\n", "bad.toml")
+
+
+def test_a_study_file_over_the_size_limit_is_not_read_whole(tmp_path):
+    from ablate.limits import MAX_STUDY_BYTES
+
+    path = tmp_path / "big.toml"
+    path.write_bytes(b"#" * (MAX_STUDY_BYTES + 10))
+    with pytest.raises(StudyError, match=f"larger than {MAX_STUDY_BYTES} bytes"):
+        load_study(path)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (BASE + '[fixed]\nwidth = "[/x]"\ndepth = 20\n', "error: bad.toml: [fixed]: width: '[/x]' is not valid"),
+        (BASE + '[fixed]\nwidth = "[bold red]wide[/]"\ndepth = 20\n', "width: '[bold red]wide[/]' is not valid"),
+        (BASE + "[grid]\ndepth = [20, 21]\n", "error: bad.toml: [grid] point (depth = 21): depth: 21 is not valid"),
+        (BASE + '[grid]\nconnection = ["[link=http://x]y[/link]"]\ndepth = [20]\n', "[grid] point (connection = '[link=http://x]y[/link]', depth = 20): connection"),
+    ],
+)
+def test_errors_print_the_users_text_literally(tmp_path, monkeypatch, text, expected):
+    """Rich markup in a value (or in ablate's own `[grid]`) is printed as written, never interpreted."""
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    Path("bad.toml").write_text(text)
+    result = CliRunner().invoke(app, ["variants", "bad.toml"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_prints_bracketed_values_literally_from_a_real_process(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE + '[fixed]\nwidth = "[/x]"\ndepth = 20\n')
+    result = ablate("variants", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == f"error: {path}: [fixed]: width: '[/x]' is not valid; use a positive integer (default 16)\n"

@@ -9,7 +9,9 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
+from ablate import checkpoint
 from ablate.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.limits import MAX_LR
 from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, point_steps, precision_for, resolve_device, schedule, train
 from ablate.variants import VariantSpec
 
@@ -172,7 +174,8 @@ def test_callback_exceptions_propagate(synthetic):
 
 
 def test_divergence_is_a_result_not_an_exception(synthetic):
-    absurd = replace(FAST, lr=1e4, schedule="constant", weight_decay=0.0)
+    # The learning rate is bounded (ablate.limits.MAX_LR); an absurd weight decay at that rate blows up.
+    absurd = replace(FAST, lr=MAX_LR, schedule="constant", weight_decay=1e3)
     result = train(TINY, absurd, synthetic, seed=0)
     assert result.diverged
     assert result.diverged_epoch == 1
@@ -193,12 +196,12 @@ def test_checkpoint_resume_gives_the_same_weights(tmp_path, synthetic):
 
     with pytest.raises(Killed):
         train(TINY, recipe, synthetic, seed=7, checkpoint=tmp_path / "cut.pt", callback=kill_after_2)
-    assert torch.load(tmp_path / "cut.pt", weights_only=True)["epoch"] == 2
+    assert checkpoint.read(tmp_path / "cut.pt")["epoch"] == 2
     resumed = train(TINY, recipe, synthetic, seed=7, checkpoint=tmp_path / "cut.pt")
     assert resumed.resumed_from == 2
     assert timeless(resumed.history) == timeless(full.history)
-    a = torch.load(tmp_path / "full.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut.pt", weights_only=True)
+    a = checkpoint.read(tmp_path / "full.pt")
+    b = checkpoint.read(tmp_path / "cut.pt")
     assert a["epoch"] == b["epoch"] == 4
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -217,10 +220,14 @@ def test_the_recipe_must_describe_the_data(synthetic):
         train(TINY, replace(FAST, test_subset=100), synthetic)
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path, synthetic):
+def test_a_checkpoint_of_another_run_is_discarded(tmp_path, synthetic, caplog):
     train(TINY, replace(FAST, epochs=1), synthetic, seed=0, checkpoint=tmp_path / "c.pt")
-    with pytest.raises(ValueError, match="belongs to another run"):
-        train(TINY, replace(FAST, epochs=1), synthetic, seed=1, checkpoint=tmp_path / "c.pt")
+    fresh = train(TINY, replace(FAST, epochs=1), synthetic, seed=1)
+    with caplog.at_level("WARNING", logger="ablate"):
+        other = train(TINY, replace(FAST, epochs=1), synthetic, seed=1, checkpoint=tmp_path / "c.pt")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {tmp_path / 'c.pt'} discarded: it belongs to another run (its seed differs); the unit trains from scratch"]
+    assert other.resumed_from == 0 and timeless(other.history) == timeless(fresh.history)
 
 
 def test_resize_trains_at_another_resolution(synthetic):

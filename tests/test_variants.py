@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import pytest
 import torch
@@ -346,3 +347,34 @@ def test_option_b_projects_only_where_the_shape_changes():
 
 def test_axes_are_the_study_vocabulary():
     assert set(VariantSpec(depth=20).axes()) == set(AXES)
+
+
+# ---------------------------------------------------------------- every variant on every dataset
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+@pytest.mark.parametrize("name", [n for n in list_variants() if REGISTRY[n].stem == "imagenet"])
+def test_imagenet_stem_nets_are_measured_at_every_datasets_resolution(name, dataset):
+    """At 28 or 32 px an ImageNet stem leaves a 1x1 map by the last stage: MACs are counted in eval
+    mode (BatchNorm in training mode refuses one value per channel at batch 1), and agree with
+    torch's flop counter there too. CIFAR-stem nets never go below 4x4 on these datasets."""
+    spec, info = get_variant(name), DATASETS[dataset]
+    params, macs = measure(spec, info)
+    with torch.device("meta"):
+        model = build_model(spec, info)
+    assert count_macs(model, info) == macs and count_params(model) == params
+    assert model.training  # counting leaves the caller's model in the mode it was in
+    assert macs == flop_counter_macs(model.eval(), info)
+
+
+def test_ablate_variants_lists_resnet18_on_cifar10_and_fashion_mnist(tmp_path):
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    for dataset in ("cifar10", "fashion-mnist"):
+        path = tmp_path / f"{dataset}.toml"
+        path.write_text(f'name = "r18"\ndataset = "{dataset}"\n[fixed]\nstem = "imagenet"\n[grid]\ndepth = [18, 34]\n')
+        result = CliRunner().invoke(app, ["variants", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        assert [r["name"] for r in json.loads(result.stdout)] == ["resnet-18", "resnet-34"]
