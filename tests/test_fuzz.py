@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ablate import limits
+from ablate.recipe import MAX_ITERATIONS
 from ablate.cli import app
 from ablate.data import DATASETS
 from ablate.driver import definition, distributions, study_units
@@ -223,7 +224,9 @@ def check_valid(study: Study) -> None:
     assert sum(sum(v.blocks) for v in study.variants) <= limits.MAX_STUDY_BLOCKS
     assert all(1 <= v.width <= limits.MAX_WIDTH and max(v.blocks) <= limits.MAX_BLOCKS_PER_STAGE for v in study.variants)
     r = study.recipe
-    assert 1 <= r.epochs <= limits.MAX_EPOCHS and 2 <= r.batch_size <= limits.MAX_BATCH_SIZE
+    assert (r.epochs is None) != (r.iterations is None)  # one length of training, in one unit
+    assert (1 <= r.epochs <= limits.MAX_EPOCHS) if r.epochs is not None else (1 <= r.iterations <= MAX_ITERATIONS)
+    assert 2 <= r.batch_size <= limits.MAX_BATCH_SIZE
     assert 0 < r.lr <= limits.MAX_LR and math.isfinite(r.lr)
     assert r.train_subset is None or r.train_subset >= r.batch_size
     assert 1 <= study.seeds <= limits.MAX_SEEDS and len(study_units(study)) <= limits.MAX_UNITS

@@ -310,7 +310,7 @@ BASE = 'name = "x"\ndataset = "fashion-mnist"\n'
         (BASE + "[fixed]\ndepth = 8\n[train]\nepochs = 99999999999999999999999\n", "train.epochs: 99999999999999999999999 is too many; use at most 10000"),
         (BASE + "[fixed]\ndepth = 8\n[seeds]\ncount = 1000000000\n", "seeds.count: 1000000000 is too many; use at most 100"),
         (BASE + "[fixed]\ndepth = 8\n[search]\ntrials = 1000000000\nlr = { low = 0.01, high = 0.1 }\n", "search.trials: 1000000000 is too many; use at most 1000"),
-        (BASE + "[grid]\ndepth = [8, 14, 20]\nwidth = [4, 8, 16, 32, 64, 128, 256]\n[search]\ntrials = 1000\nlr = { low = 0.01, high = 0.1 }\n[seeds]\ncount = 100\n",
+        (BASE + "[grid]\ndepth = [8, 14, 20]\nwidth = [4, 8, 16, 32, 64, 128, 256]\n[train]\nval_size = 1000\n[search]\ntrials = 1000\nlr = { low = 0.01, high = 0.1 }\n[seeds]\ncount = 100\n",
          "make 23100 trials; use at most 20000"),
         (BASE + "[fixed]\ndepth = 8\n[train]\nbatch_size = 1000000000\n", "train.batch_size: 1000000000 is too large; use at most 32768"),
         (BASE + "[fixed]\ndepth = 8\n[train]\nbatch_size = 32768\nval_size = 40000\n", "train.batch_size: 32768 is more than the 20000 training examples"),
