@@ -146,7 +146,7 @@ def test_cli_lists_variants_as_json():
 def test_cli_prints_a_table():
     result = ablate("variants", "studies/quick.toml")
     assert result.returncode == 0, result.stderr
-    for name in ("plain-8-w8", "resnet-32-w8", "19.1K", "13.2M"):
+    for name in ("plain-8-w8", "resnet-56-w8", "19.1K", "214K", "24M"):
         assert name in result.stdout
 
 
