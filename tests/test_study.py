@@ -218,7 +218,7 @@ def test_recipe_spellings_and_overrides_are_validated(text, expected):
 def test_cli_prints_a_table():
     result = ablate("variants", "studies/quick.toml")
     assert result.returncode == 0, result.stderr
-    for name in ("plain-8-w8", "resnet-32-w8", "19.1K", "13.2M"):
+    for name in ("plain-8-w8", "resnet-56-w8", "19.1K", "214K", "24M"):
         assert name in result.stdout
 
 

@@ -117,8 +117,8 @@ def test_iterations_end_training_inside_an_epoch(synthetic):
 
 def test_precision_settings():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert precision_for(cpu, "auto") == Precision() and precision_for(cpu, "fp32") == Precision()
-    assert precision_for(cpu, "bf16") == Precision(torch.bfloat16, False)
+    assert precision_for(cpu, "auto") == Precision(None, True) == precision_for(cpu, "fp32")  # fp32, channels_last
+    assert precision_for(cpu, "bf16") == Precision(torch.bfloat16, True)
     assert precision_for(cuda, "auto") == precision_for(cuda, "bf16") == Precision(torch.bfloat16, True)
     assert precision_for(cuda, "fp32") == Precision(None, True)  # the papers' fp32, still channels_last
 
@@ -270,7 +270,7 @@ def test_the_cuda_precision_path_runs_on_the_cpu(tmp_path, synthetic):
     """bf16 autocast and channels_last, as on CUDA, exercised where no GPU is."""
     cuda_like = Precision(autocast=torch.bfloat16, channels_last=True)
     assert precision_for(torch.device("cuda")) == cuda_like
-    assert precision_for(torch.device("cpu")) == Precision()
+    assert precision_for(torch.device("cpu")) == Precision(channels_last=True)  # fp32; channels_last is faster on the CPU too
     recipe = replace(FAST, epochs=2)
     half = train(TINY, recipe, synthetic, seed=0, precision=cuda_like, checkpoint=tmp_path / "c.pt")
     full = train(TINY, recipe, synthetic, seed=0)
