@@ -119,9 +119,11 @@ def load_dataset(
             arrays, chosen, source = bundled
         else:
             try:
-                folder = _locate(name, root, download)
+                folder, missing = _locate(name, root, download), None
             except DataError as exc:
-                raise DataError(f"{exc}{why_not}") from None
+                folder, missing = None, f"{exc}{why_not}"
+            if missing is not None:  # raised outside the handler: one error, no chained context
+                raise DataError(missing)
             arrays, source = _read(name, str(folder)), str(folder)
     train_x, train_y, test_x, test_y = arrays
     if chosen is None:
