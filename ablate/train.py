@@ -315,12 +315,15 @@ def train(
     callback: Callable[[Epoch], None] | None = None,
     checkpoint: str | Path | None = None,
     precision: Precision | None = None,
+    poll: Callable[[], None] | None = None,
 ) -> Result:
     """Train `spec` on `data` (already on `device`) with `recipe` and `seed`.
 
     With `checkpoint`, model, optimiser, schedule position, RNG states and history are saved
     atomically after every epoch, and an existing checkpoint of the same run is resumed from,
     to the same result as an uninterrupted run. `precision` defaults to the device's own.
+    `poll` is called after every optimisation step and may raise to stop training there (the
+    last epoch's checkpoint stays): the driver stops on SIGINT and SIGTERM this way.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     precision = precision or precision_for(device)
@@ -399,6 +402,8 @@ def train(
             wrong += (logits.detach().argmax(1) != labels).sum()
             seen += len(labels)
             step += 1
+            if poll is not None:
+                poll()
             # A NaN stays NaN in the running sum, so checking every few steps (one device sync)
             # stops a diverged run within a few steps of the divergence.
             if (i % 16 == 15 or device.type == "cpu") and not torch.isfinite(loss_sum):
