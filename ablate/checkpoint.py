@@ -39,8 +39,11 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (no space left, no permission, ...)."""
 
     def __init__(self, path: Path, cause: OSError):
-        super().__init__(cause.errno, f"cannot write checkpoint {path}: {cause.strerror or cause}")
-        self.path = path
+        super().__init__(cause.errno, cause.strerror)
+        self.path, self.message = path, f"cannot write checkpoint {path}: {cause.strerror or cause}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class BadCheckpoint(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -195,6 +196,8 @@ class _Display:
             self.bar.advance(self.units)
             state = trial.state.name.lower()
             what = trial.user_attrs.get("failure") or (f"test error {100 * trial.value:.2f}%" if trial.value is not None else "")
+            if trial.user_attrs.get("did_not_learn"):
+                what += " (did not learn: training error at chance level)"
             self.bar.console.print(f"{unit.key}: {state} {what}", highlight=False, soft_wrap=True, markup=False)
 
         def on_wait(running: int) -> None:
@@ -212,33 +215,89 @@ def run(
     checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Per-epoch checkpoints for resuming [default: beside the SQLite file].")] = None,
     grace_period: Annotated[int, typer.Option("--grace-period", help="Seconds without heartbeat after which a running trial is taken for dead and retried.")] = 30,
     first_seed: Annotated[int | None, typer.Option("--first-seed", help="Seed of the first final run, overriding the study file's [seeds] start (e.g. 6 for seeds 6..10 of count = 5): disjoint seed sets without editing the file. Use another --storage for each.", show_default=False)] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry, once, the units whose failure was their own (diverged, out of memory, an error).")] = False,
 ) -> None:
     """Train every variant of a study under Optuna and store every trial (resumes where it stopped)."""
     s = _load(study)  # before importing torch and Optuna: a bad study file is reported at once
     if first_seed is not None:
         s = _with_first_seed(s, first_seed)
     import optuna
+    import sqlalchemy
 
+    from ablate import outcomes, stopping
     from ablate.data import DataError
     from ablate.driver import DriverError, run_study
+    from ablate.tables import one_line, safe_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are recorded and shown by ablate
     _show_notices()
     display = _Display(enabled=err.is_terminal)
     try:
-        with display.bar:
-            ostudy = run_study(s, storage, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir, progress=display.hooks(), grace=grace_period)
+        with stopping.handled(), _warnings_to(display.bar.console), display.bar:
+            ostudy = run_study(s, storage, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir, progress=display.hooks(),
+                               grace=grace_period, retry_failed=retry_failed)
     except (DriverError, DataError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except stopping.Stop as stop:
+        if stop.kind == outcomes.STORAGE:
+            raise fail(stop.reason, code=stop.code) from None
+        raise fail(f"{stop.reason}; every finished trial is stored, a trial in progress keeps its checkpoint and is retried first; "
+                   "run the same command again to resume where it stopped", code=stop.code) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume where it stopped", code=130) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # the database itself: full, locked, gone
+        raise fail(f"storage {safe_url(storage)}: {one_line(exc)}; what is stored stays; fix it and run the same command again", code=1) from None
     _print_summary(ostudy, f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
     from ablate.report import write_report
 
-    path = write_report(s.name, storage)
+    try:
+        path = write_report(s.name, storage)
+    except OSError as exc:
+        raise fail(f"every trial is stored in {safe_url(storage)}, but the report could not be written: {exc.strerror or exc} "
+                   f"({exc.filename or 'reports/'}); free space and run: ablate report {s.name} --storage {storage}", code=1) from None
     print(f"storage: {storage} (study {s.name!r})")
     print(f"report:  {path}")
     print(f"inspect: ablate show {s.name} --storage {storage}  |  ablate dashboard --storage {storage}")
+    _left_failed(ostudy)
+
+
+@contextlib.contextmanager
+def _warnings_to(console: Console):
+    """ablate's warnings (a discarded checkpoint) as one line each, above the progress display."""
+    import logging
+
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            console.print(Text("warning: ", style="yellow") + Text(record.getMessage()), highlight=False, soft_wrap=True)
+
+    log, handler = logging.getLogger("ablate"), OneLine(logging.WARNING)
+    propagate, log.propagate = log.propagate, False
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def _left_failed(ostudy) -> None:
+    """A run that leaves units failed says how many and why, and exits 1; runs that did not learn are noted."""
+    from collections import Counter
+
+    from ablate import outcomes
+    from ablate.driver import failed_units
+
+    trials = ostudy.get_trials(deepcopy=False)
+    flat = sum(bool(t.user_attrs.get(outcomes.DID_NOT_LEARN)) and t.state.name == "COMPLETE" for t in trials)
+    if flat:
+        err.print(f"note: {flat} final run(s) did not learn (training error at chance level); they are kept out of the "
+                  "means and listed in the report's failures section", highlight=False, soft_wrap=True, markup=False)
+    failed = failed_units(trials)
+    if failed:
+        kinds = Counter(outcomes.failure_kind(t.state, t.user_attrs) for t in failed.values())
+        why = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        raise fail(f"{len(failed)} of {ostudy.user_attrs.get('units', '?')} units failed ({why}); their reasons are in the report's "
+                   "failures section; run again with --retry-failed to retry them", code=1)
 
 
 @app.command()
@@ -317,6 +376,8 @@ def report(
         path = write_report(study, storage, out)
     except ReportError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot write the report: {exc.strerror or exc} ({exc.filename or out or 'reports/'}); free space or give --out", code=1) from None
     print(path)
 
 
@@ -335,6 +396,8 @@ def export(
         paths = export_tables(study, storage, out_dir, fmt)
     except ReportError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot write the tables: {exc.strerror or exc} ({exc.filename or out_dir}); free space or give --out-dir", code=1) from None
     for p in paths:
         print(p)
 

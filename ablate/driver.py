@@ -13,6 +13,7 @@ storage and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -28,7 +29,8 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate import __version__
+from ablate import __version__, failpoints, outcomes, stopping
+from ablate.checkpoint import CheckpointWriteError, remove_stale
 from ablate.study import FIRST_SEED, Study
 from ablate.tables import safe_url, selection_error
 from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train
@@ -321,26 +323,52 @@ def _open(url: str, grace: int | None) -> optuna.storages.RDBStorage:
 
 @dataclass(frozen=True)
 class UnitState:
-    done: dict[str, FrozenTrial]  # unit key -> its finished trial (COMPLETE, PRUNED or recorded FAIL)
+    done: dict[str, FrozenTrial]  # unit key -> its latest finished trial (COMPLETE, PRUNED, or FAIL of its own)
     in_flight: set[str]  # units with a WAITING or RUNNING trial
-    interrupted: dict[str, FrozenTrial]  # units whose last attempt was killed (FAIL without a reason)
+    interrupted: dict[str, FrozenTrial]  # units whose last attempt failed for a reason not their own (ablate.outcomes)
 
 
 def unit_state(trials: list[FrozenTrial]) -> UnitState:
     done: dict[str, FrozenTrial] = {}
     in_flight: set[str] = set()
     interrupted: dict[str, FrozenTrial] = {}
-    for t in trials:
+    for t in trials:  # in trial order: a unit retried with --retry-failed is done by its latest attempt
         key = t.user_attrs.get("unit")
         if key is None:
             continue
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "failure" in t.user_attrs):
-            done.setdefault(key, t)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or outcomes.is_own(outcomes.failure_kind(t.state, t.user_attrs)):
+            done[key] = t
         elif t.state in (TrialState.WAITING, TrialState.RUNNING):
             in_flight.add(key)
         elif t.state == TrialState.FAIL:
             interrupted[key] = t
     return UnitState(done, in_flight - set(done), {k: t for k, t in interrupted.items() if k not in done})
+
+
+def failed_units(trials: list[FrozenTrial]) -> dict[str, FrozenTrial]:
+    """Units whose latest finished attempt failed for a reason of their own: unit key -> that trial."""
+    return {k: t for k, t in unit_state(trials).done.items() if t.state == TrialState.FAIL}
+
+
+def checkpoint_name(unit: Unit, recipe: Recipe) -> str:
+    """A unit's checkpoint file: its key and a tag of what it trains, so a changed recipe never resumes."""
+    tag = hashlib.sha1(f"{recipe!r}/{unit.seed}".encode()).hexdigest()[:10]
+    return f"{_checkpoint_prefix(unit.key)}{tag}.pt"
+
+
+def _checkpoint_prefix(key: str) -> str:
+    return f"{key.replace('/', '_')}-"
+
+
+def clean_checkpoints(ckpt_dir: Path, state: UnitState) -> None:
+    """A killed run's leftovers: temporary files of interrupted writes, and checkpoints of units
+    that are done (a run killed between recording a trial and removing its checkpoint)."""
+    remove_stale(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.glob("*.pt"):
+        if any(p.name.startswith(_checkpoint_prefix(k)) for k in state.done):
+            p.unlink(missing_ok=True)
 
 
 def best_search_trial(trials: list[FrozenTrial], variant: str) -> FrozenTrial | None:
@@ -384,10 +412,15 @@ def run_study(
     progress: Progress | None = None,
     download: bool = True,
     grace: int = GRACE_SECONDS,
+    retry_failed: bool = False,
 ) -> optuna.Study:
     """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
 
     `grace`: seconds after which a RUNNING trial without heartbeat is taken for dead and retried.
+    `retry_failed`: also run once more every unit whose failure was its own (diverged, out of
+    memory, ...); units interrupted or killed are always retried. A SIGINT or SIGTERM (with
+    `stopping.handled()` in force) stops the run between steps with `stopping.Stop`, and so does a
+    checkpoint that cannot be written; the trial is marked for retry and its checkpoint kept.
     """
     progress = progress or Progress()
     dev = resolve_device(device)
@@ -413,8 +446,8 @@ def run_study(
         trial.set_user_attr("device", str(dev) if dev.type == "cpu" else f"{dev.type}:{torch.cuda.current_device()}")
         trial.set_user_attr("versions", env)
         trial.set_user_attr("data", data.source)  # the folder the files came from, or the bundled subset
-        tag = hashlib.sha1(f"{recipe!r}/{unit.seed}".encode()).hexdigest()[:10]
-        ckpt = ckpt_dir / f"{unit.key.replace('/', '_')}-{tag}.pt"
+        ckpt = ckpt_dir / checkpoint_name(unit, recipe)
+        checkpoints[trial.number] = ckpt
         history: list[dict[str, Any]] = []
         reported: set[int] = set()
 
@@ -430,13 +463,20 @@ def run_study(
         progress.on_trial(unit, schedule(recipe, len(data.train.labels)).epochs)
         start = time.perf_counter()
         try:
-            result = train(unit.variant, recipe, data, device=dev, seed=unit.seed, callback=on_epoch, checkpoint=ckpt)
+            result = train(unit.variant, recipe, data, device=dev, seed=unit.seed, callback=on_epoch, checkpoint=ckpt,
+                           poll=stopping.check)
         except optuna.TrialPruned:
-            ckpt.unlink(missing_ok=True)
             raise
+        except stopping.Stop as stop:  # SIGINT / SIGTERM: not the unit's fault; retried at once, from its checkpoint
+            _mark_for_retry(trial, stop.kind, f"{stop.reason} after {len(reported)} epochs; the next run resumes it from its checkpoint")
+            raise
+        except CheckpointWriteError as exc:  # a full disk: stop the run, keep the last checkpoint
+            _mark_for_retry(trial, outcomes.STORAGE, str(exc))
+            raise stopping.Stop(f"{exc}; free space (or give --checkpoint-dir) and run the same command again: "
+                                "the run resumes from the last checkpoint", outcomes.STORAGE, 1) from None
         except Exception as exc:
-            trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:2000])
-            ckpt.unlink(missing_ok=True)
+            trial.set_user_attr(outcomes.FAILURE, " ".join(f"{type(exc).__name__}: {exc}".split())[:2000])
+            trial.set_user_attr(outcomes.FAILURE_KIND, outcomes.exception_kind(exc))
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
             raise
@@ -453,55 +493,121 @@ def run_study(
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        ckpt.unlink(missing_ok=True)
         if result.diverged:
-            trial.set_user_attr("failure", f"diverged: {result.reason}")
+            trial.set_user_attr(outcomes.FAILURE, f"diverged: {result.reason}")
+            trial.set_user_attr(outcomes.FAILURE_KIND, outcomes.DIVERGED)
             trial.set_user_attr("diverged_epoch", result.diverged_epoch)
             raise TrialFailed(result.reason)
+        if unit.kind == "final":  # a run at chance level is kept, but out of the means (ablate.tables)
+            flat = outcomes.did_not_learn(result.train_error, len(data.train), result.test_error, len(data.test), data.info.classes)
+            if flat is not None:
+                trial.set_user_attr(outcomes.DID_NOT_LEARN, flat)
         return getattr(result.final, metric)
 
     def finished(_: optuna.Study, trial: FrozenTrial) -> None:
+        # The trial is in the storage now; only then may its checkpoint go (a kill before this
+        # line leaves it for the next run to clean up, never a unit without either).
+        failpoints.reach("trial-complete")
+        ckpt = checkpoints.pop(trial.number, None)
+        if ckpt is not None and (trial.state != TrialState.FAIL or outcomes.is_own(outcomes.failure_kind(trial.state, trial.user_attrs))):
+            ckpt.unlink(missing_ok=True)
         if trial.user_attrs.get("unit") in by_key:
             progress.on_finish(by_key[trial.user_attrs["unit"]], trial)
 
+    checkpoints: dict[int, Path] = {}
     first = True
-    while True:
-        _quiet_experimental(optuna.storages.fail_stale_trials)(ostudy)  # a killed run's trials: FAIL, and a WAITING retry
-        trials = ostudy.get_trials(deepcopy=False)
-        state = unit_state(trials)
-        if first:
-            progress.on_start(len(units), len(state.done))
-            first = False
-        waiting = [t for t in trials if t.state == TrialState.WAITING]
-        pending = [u for u in units if u.key not in state.done and u.key not in state.in_flight]
-        runnable = [u for u in pending if u.kind == "search" or _search_finished(u, units, state)]
-        if not waiting and runnable:  # nothing queued: queue the next unit
-            unit = runnable[0]
-            previous = state.interrupted.get(unit.key)
-            if previous is not None:  # interrupted (Ctrl-C): same params, so its checkpoint resumes
-                params = dict(previous.params)
-            else:
-                best = best_search_trial(trials, unit.variant.name) if unit.kind == "final" and study.search else None
-                if unit.kind == "final" and study.search and best is None:
-                    _record_impossible(ostudy, study, unit, dists)
-                    continue
-                params = fixed_params(study, unit, best.params if best else None)
-            ostudy.enqueue_trial(params, user_attrs={
-                "unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index, "seed": unit.seed,
-            })
-        if waiting or runnable:  # run the oldest queued trial, whichever process queued it
-            ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[finished])
-            continue
-        if state.in_flight:  # running elsewhere (or a killed run's trial not yet stale): wait
-            progress.on_wait(len(state.in_flight))
-            time.sleep(heartbeat_for(grace))
-            continue
-        return ostudy
+    retry: dict[str, int] = {}  # with retry_failed: unit key -> the number of its failed trial, retried once
+    with stopping.deferred():
+        while True:
+            stopping.check()
+            _fail_unbeaten(ostudy, storage, grace)
+            _quiet_experimental(optuna.storages.fail_stale_trials)(ostudy)  # a killed run's trials: FAIL, and a WAITING retry
+            trials = ostudy.get_trials(deepcopy=False)
+            state = unit_state(trials)
+            if first:
+                clean_checkpoints(ckpt_dir, state)
+                if retry_failed:
+                    retry = {k: t.number for k, t in failed_units(trials).items()}
+                progress.on_start(len(units), len(state.done) - len(retry))
+                first = False
+            if not _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace):
+                return ostudy
 
 
-def _search_finished(unit: Unit, units: list[Unit], state: UnitState) -> bool:
+def _fail_unbeaten(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, grace: int) -> None:
+    """Optuna's heartbeat only finds trials that beat once: a process killed between taking a trial
+    (RUNNING) and its first heartbeat leaves one that never goes stale, and every later run would
+    wait for it. Such a trial, older than the grace period, is failed here (then retried as killed)."""
+    now = datetime.datetime.now()  # Optuna stores datetime_start in local time
+    old = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace]
+    if not old:
+        return
+    try:  # Optuna keeps heartbeats in its own table; there is no public way to ask for them
+        from optuna.storages._rdb.models import TrialHeartbeatModel
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(storage.scoped_session) as session:
+            ids = [t._trial_id for t in old]
+            beaten = {tid for (tid,) in session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(ids))}
+    except Exception:  # another Optuna: leave it to the heartbeat
+        return
+    for t in old:
+        if t._trial_id not in beaten:
+            try:
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # it finished meanwhile, or another worker failed it
+                pass
+
+
+def _mark_for_retry(trial: optuna.Trial, kind: str, reason: str) -> None:
+    trial.set_user_attr(outcomes.FAILURE_KIND, kind)
+    trial.set_user_attr(outcomes.FAILURE, reason)
+
+
+def _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace) -> bool:
+    """Queue and run the next unit, or wait for units running elsewhere; False when all are done."""
+    done = {k for k, t in state.done.items() if retry.get(k) != t.number}
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    busy = {t.user_attrs.get("unit") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+    pending = [u for u in units if u.key not in done and u.key not in busy]
+    runnable = [u for u in pending if u.kind == "search" or _search_finished(u, units, done)]
+    if not waiting and runnable:  # nothing queued: queue the next unit
+        unit = runnable[0]
+        previous = state.interrupted.get(unit.key)
+        # Interrupted or killed: the same params, so its checkpoint resumes (a trial killed before its
+        # objective ran has no params yet: those it was enqueued with, in Optuna's `fixed_params`).
+        params = {**previous.system_attrs.get("fixed_params", {}), **previous.params} if previous is not None else {}
+        if not params:
+            best = best_search_trial(trials, unit.variant.name) if unit.kind == "final" and study.search else None
+            if unit.kind == "final" and study.search and best is None:
+                _record_impossible(ostudy, study, unit, dists)
+                return True
+            params = fixed_params(study, unit, best.params if best else None)
+        ostudy.enqueue_trial(params, user_attrs={
+            "unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index, "seed": unit.seed,
+        })
+    if waiting or runnable:  # run the oldest queued trial, whichever process queued it
+        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[finished])
+        return True
+    if state.in_flight:  # running elsewhere (or a killed run's trial not yet stale): wait
+        progress.on_wait(len(state.in_flight))
+        _sleep(heartbeat_for(grace))
+        return True
+    return False
+
+
+def _sleep(seconds: float) -> None:
+    """Wait, stopping at once on a signal."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(0.25, left))
+        stopping.check()
+
+
+def _search_finished(unit: Unit, units: list[Unit], done: set[str]) -> bool:
     """A variant's final runs wait for all of its search trials."""
-    return all(u.key in state.done for u in units if u.variant == unit.variant and u.kind == "search")
+    return all(u.key in done for u in units if u.variant == unit.variant and u.kind == "search")
 
 
 def _record_impossible(ostudy: optuna.Study, study: Study, unit: Unit, dists: dict[str, BaseDistribution]) -> None:
@@ -510,7 +616,8 @@ def _record_impossible(ostudy: optuna.Study, study: Study, unit: Unit, dists: di
     ostudy.add_trial(optuna.trial.create_trial(
         state=TrialState.FAIL, params=params, distributions={k: dists[k] for k in params},
         user_attrs={"unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index,
-                    "seed": unit.seed, "failure": "no search trial of this variant completed, so there is no recipe to repeat"},
+                    "seed": unit.seed, outcomes.FAILURE_KIND: outcomes.NO_RECIPE,
+                    outcomes.FAILURE: "no search trial of this variant completed, so there is no recipe to repeat"},
     ))
 
 
@@ -569,7 +676,7 @@ def study_progress(ostudy: optuna.Study) -> dict[str, Any]:
         "variants": len(ostudy.user_attrs.get("variants", [])),
         "done": len(state.done), "units": ostudy.user_attrs.get("units"),
         "running": sum(t.state == TrialState.RUNNING for t in trials),
-        "failed": sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in trials),
+        "failed": len(failed_units(trials)),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "started": min((t.datetime_start for t in trials if t.datetime_start), default=None),
     }

@@ -33,7 +33,7 @@ import plotly.io as pio
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from ablate import stats
+from ablate import failpoints, stats
 from ablate import tables as T
 from ablate.tables import ReportError
 from ablate.variants import human
@@ -496,6 +496,8 @@ def _variants_table(data: ReportData) -> str:
         counts = f"{r['complete']} / {r['failed']} / {r['pruned']}"
         if r["interrupted"]:
             counts += f" (+{r['interrupted']} interrupted)"
+        if r.get("did_not_learn"):
+            counts += f" ({r['did_not_learn']} did not learn)"
         if r["running"]:
             counts += f" ({r['running']} running)"
         front = " ".join(x for x, k in (("params", "front_params"), ("MACs", "front_macs")) if r[k])
@@ -523,7 +525,9 @@ def _failures_html(data: ReportData) -> str:
     f = T.failures(data.trials)
     rows = []
     for _, r in f.iterrows():
-        if r["interrupted"]:
+        if r["did_not_learn"] is not None:
+            reason = f"{r['did_not_learn']}: kept out of the means"
+        elif r["interrupted"] and r["failure"] is None:
             reason = "interrupted (the run was killed mid-trial; the unit was retried as a later trial)"
         else:
             reason = r["failure"]
@@ -644,7 +648,7 @@ def render(data: ReportData) -> str:
 
     if len(s):
         sections.append(("variants", "Every variant", _variants_table(data)))
-    if len(data.trials) and (data.trials["state"] == "FAIL").any():
+    if len(data.trials) and ((data.trials["state"] == "FAIL") | data.trials["did_not_learn"].notna()).any():
         sections.append(("failures", "Failures", _failures_html(data)))
     sections.append(("provenance", "Provenance", _provenance_html(data)))
 
@@ -692,8 +696,13 @@ def write_report(study_name: str, storage: str, out: str | Path | None = None) -
     path = Path(out) if out is not None else default_path(study_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # a browser open on the old report never sees half a file
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        failpoints.reach("report-write")
+        tmp.replace(path)  # a browser open on the old report never sees half a file
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old report, and no half of a new one
+        raise
     return path
 
 

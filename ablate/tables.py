@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ablate import stats
+from ablate import outcomes, stats
 
 AXES = ("connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks")
 #: Axes a family holds fixed: variants of one family differ only in depth (and connection).
@@ -51,6 +51,14 @@ def safe_url(storage: str) -> str:
         return re.sub(r"//[^/@]*@", "//***@", storage)
 
 
+def one_line(exc: BaseException) -> str:
+    """A storage error in one line: the database's own message, without SQLAlchemy's SQL text and link."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's exception
+    text = str(orig if orig is not None else exc).strip()
+    text = re.split(r"\n|\[SQL: |\(Background on this error at", text)[0].strip()
+    return text or type(exc).__name__
+
+
 def _sqlite_path(storage: str) -> Path | None:
     if not storage.startswith("sqlite:///"):
         return None
@@ -67,7 +75,7 @@ def open_study(study_name: str, storage: str) -> optuna.Study:
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as exc:  # an unreachable server, a file that is not a database, ...
-        raise ReportError(f"storage {url}: cannot be read: {exc}") from None
+        raise ReportError(f"storage {url}: cannot be read: {one_line(exc)}") from None
     if study_name not in names:
         there = ", ".join(sorted(names)) if names else "none"
         raise ReportError(f"study {study_name!r} is not in storage {url}; studies there: {there}")
@@ -144,6 +152,7 @@ TRIAL_COLUMNS = (
     "train_error", "test_error", "val_error", *AXES, "params", "macs",
     "epochs_done", "last_value", "images_per_second", "seconds", "seconds_per_epoch",
     "device", "data", "versions", "failure", "diverged_epoch", "interrupted", "started", "completed",
+    "failure_kind", "did_not_learn",
 )
 
 
@@ -157,8 +166,10 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: what ran (variant, axes, kind, seed, hyperparameters), how it ended
     (state, errors, failure) and what it cost (params, MACs, throughput, time).
 
-    `interrupted` marks a FAIL trial without a `failure` attribute: a run killed mid-trial and
-    retried as a later trial (docs/storage.md). Hyperparameters (the trial params that are not
+    `interrupted` marks a FAIL trial that was not the unit's own failure (killed, interrupted,
+    its checkpoint unwritable: `failure_kind`, ablate.outcomes), retried as a later trial
+    (docs/storage.md). `did_not_learn` holds the reason a COMPLETE final run counts as having
+    learned nothing (its errors stay out of the means), else None. Hyperparameters (the trial params that are not
     axes or the seed: `lr`, `weight_decay`, ...) follow the fixed columns.
     """
     variants = {v.get("name"): v for v in (study.user_attrs.get("variants") or []) if isinstance(v, dict)}
@@ -177,7 +188,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         per_epoch = (float(np.nansum(hist_seconds)) / len(history) if history and not all(map(math.isnan, hist_seconds))
                      else seconds / epochs_done if epochs_done else math.nan)
         state = t.state.name
-        failure = ua.get("failure")
+        failure = ua.get(outcomes.FAILURE)
+        kind = outcomes.failure_kind(state, ua)
         row = {
             "number": t.number,
             "variant": name,
@@ -203,9 +215,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "versions": json.dumps(ua["versions"], sort_keys=True) if ua.get("versions") else None,
             "failure": None if failure is None else str(failure),
             "diverged_epoch": ua.get("diverged_epoch"),
-            "interrupted": state == "FAIL" and failure is None,
+            "interrupted": state == "FAIL" and not outcomes.is_own(kind),
             "started": t.datetime_start,
             "completed": t.datetime_complete,
+            "failure_kind": kind,
+            "did_not_learn": _flag(ua, state),
         }
         if state == "COMPLETE" and math.isnan(row["test_error"]) and objective(study.user_attrs) == "test_error":
             row["test_error"] = row["value"]
@@ -218,6 +232,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     for col in ("seed", "index", "diverged_epoch", "depth", "width"):
         df[col] = df[col].astype("Int64") if len(df) else df[col]
     return df
+
+
+def _flag(ua: dict[str, Any], state: str) -> str | None:
+    reason = ua.get(outcomes.DID_NOT_LEARN)
+    return str(reason) if reason and state == "COMPLETE" else None
 
 
 def hyperparameter_columns(trials: pd.DataFrame) -> list[str]:
@@ -246,7 +265,7 @@ def epochs_table(study: optuna.Study) -> pd.DataFrame:
         base = {
             "number": t.number, "variant": name, "kind": ua.get("kind") or ("final" if not study.user_attrs.get("search") else None),
             "seed": ua.get("seed", t.params.get("seed")), "state": t.state.name,
-            **{a: axes[a] for a in AXES if a != "blocks"},
+            **{a: axes[a] for a in AXES if a != "blocks"}, "did_not_learn": _flag(ua, t.state.name),
         }
         history = [h for h in (ua.get("history") or []) if isinstance(h, dict)]
         if history:
@@ -260,7 +279,7 @@ def epochs_table(study: optuna.Study) -> pd.DataFrame:
         else:
             for step, value in sorted(t.intermediate_values.items()):
                 rows.append({**base, "epoch": int(step), **{f: math.nan for f in EPOCH_FIELDS}, "test_error": float(value)})
-    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "epoch", *EPOCH_FIELDS, *stages]
+    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "did_not_learn", "epoch", *EPOCH_FIELDS, *stages]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
         for col in ("seed", "depth", "width", "epoch"):
@@ -278,7 +297,8 @@ def grad_norms_long(epochs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _finals(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["kind"] == "final") & (frame["state"] == "COMPLETE")]
+    """The final runs that are measurements: COMPLETE, and not at chance level (did not learn)."""
+    return frame[(frame["kind"] == "final") & (frame["state"] == "COMPLETE") & frame["did_not_learn"].isna()]
 
 
 def curves(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -444,6 +464,7 @@ def variant_summary(trials: pd.DataFrame, variants: Iterable[dict[str, Any]] | N
         row["failed"] = int(((state == "FAIL") & ~g["interrupted"].astype(bool)).sum()) if len(g) else 0
         row["interrupted"] = int(g["interrupted"].astype(bool).sum()) if len(g) else 0
         row["pruned"] = int((state == "PRUNED").sum())
+        row["did_not_learn"] = int(g["did_not_learn"].notna().sum()) if len(g) else 0
         row["running"] = int(state.isin(["RUNNING", "WAITING"]).sum())
         search = g[(g["kind"] == "search") & (g["state"] == "COMPLETE")] if len(g) else g
         if searched and len(search):
@@ -568,9 +589,10 @@ def sensitivity(trials: pd.DataFrame, searched: Iterable[str]) -> pd.DataFrame:
 
 
 def failures(trials: pd.DataFrame) -> pd.DataFrame:
-    """Failed, diverged and interrupted trials with their reasons."""
-    f = trials[trials["state"] == "FAIL"]
-    cols = ["number", "variant", "unit", "kind", "seed", "failure", "diverged_epoch", "interrupted", "epochs_done", "started"]
+    """Failed, diverged and interrupted trials, and final runs that did not learn, with their reasons."""
+    f = trials[(trials["state"] == "FAIL") | trials["did_not_learn"].notna()]
+    cols = ["number", "variant", "unit", "kind", "seed", "failure", "failure_kind", "did_not_learn", "diverged_epoch",
+            "interrupted", "epochs_done", "started"]
     return f[cols].reset_index(drop=True)
 
 

@@ -219,12 +219,15 @@ def train(
     callback: Callable[[Epoch], None] | None = None,
     checkpoint: str | Path | None = None,
     precision: Precision | None = None,
+    poll: Callable[[], None] | None = None,
 ) -> Result:
     """Train `spec` on `data` (already on `device`) with `recipe` and `seed`.
 
     With `checkpoint`, model, optimiser, schedule position, RNG states and history are saved
     atomically after every epoch, and an existing checkpoint of the same run is resumed from,
     to the same result as an uninterrupted run. `precision` defaults to the device's own.
+    `poll` is called after every optimisation step and may raise to stop training there (the
+    last epoch's checkpoint stays): the driver stops on SIGINT and SIGTERM this way.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     precision = precision or precision_for(device, recipe.precision)
@@ -311,6 +314,8 @@ def train(
             step += 1
             if i + 1 in closes:  # copies of the running sums: no device sync until the epoch ends
                 marks.append((step, seen, loss_sum.clone(), wrong.clone()))
+            if poll is not None:
+                poll()
             # A NaN stays NaN in the running sum, so checking every few steps (one device sync)
             # stops a diverged run within a few steps of the divergence.
             if (i % 16 == 15 or device.type == "cpu") and not torch.isfinite(loss_sum):

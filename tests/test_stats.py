@@ -167,7 +167,7 @@ def test_the_report_verdict_is_calibrated_end_to_end_on_null_data():
                 for seed in (1, 2, 3):
                     err = 0.30 + rng.normal(0, 0.01) + (rise * 0.01 if connection == "plain" and depth == 20 else 0)
                     trials.append({"number": len(trials), "variant": name, "kind": "final", "state": "COMPLETE", "seed": seed,
-                                   "train_error": err, "test_error": err, "val_error": float("nan"), "batch_size": 128,
+                                   "train_error": err, "test_error": err, "val_error": float("nan"), "batch_size": 128, "did_not_learn": None,
                                    "connection": connection, "depth": depth})
         t = pd.DataFrame(trials)
         summary = pd.DataFrame([{

@@ -1,0 +1,107 @@
+"""How a trial ended, in the words ablate stores (docs/storage.md): why it failed, whose fault
+that was, and whether a run that completed learned anything.
+
+Read and written through this module by the driver (what to retry), the tables and the report
+(what enters the means, what the failures section says) and `ablate run` (its exit status).
+
+A failure is the unit's *own* when running it again would fail again: it diverged, ran out of
+memory or raised. Those are results, kept and not retried unless asked (`ablate run
+--retry-failed`). A failure that is *not its own* (the run was interrupted or killed, or its
+checkpoint could not be written) says nothing about the unit: the next run retries it at once,
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: Trial user attributes.
+FAILURE = "failure"  # why it failed, one line
+FAILURE_KIND = "failure_kind"  # one of KINDS
+DID_NOT_LEARN = "did_not_learn"  # on a COMPLETE final run whose training error stayed at chance: why
+
+# The unit's own failures: not retried unless asked.
+DIVERGED = "diverged"  # the loss became NaN or Inf
+OUT_OF_MEMORY = "out-of-memory"
+ERROR = "error"  # training raised
+NO_RECIPE = "no-recipe"  # a final run of a variant none of whose search trials completed
+# Not the unit's fault: retried by the next run.
+INTERRUPTED = "interrupted"  # SIGINT or SIGTERM (Ctrl-C, timeout, Slurm, Kubernetes)
+KILLED = "killed"  # the process died mid-trial; Optuna's heartbeat failed the trial (no attributes)
+STORAGE = "storage"  # its checkpoint could not be written (a full disk)
+
+OWN = (DIVERGED, OUT_OF_MEMORY, ERROR, NO_RECIPE)
+NOT_OWN = (INTERRUPTED, KILLED, STORAGE)
+KINDS = OWN + NOT_OWN
+
+
+def failure_kind(state: Any, user_attrs: dict[str, Any]) -> str | None:
+    """The kind of a FAIL trial (None for any other state). Trials stored before kinds were
+    recorded are classified from their `failure` text; one without any is a killed run's."""
+    if getattr(state, "name", state) != "FAIL":
+        return None
+    kind = user_attrs.get(FAILURE_KIND)
+    if kind in KINDS:
+        return kind
+    failure = user_attrs.get(FAILURE)
+    if failure is None:
+        return KILLED
+    text = str(failure)
+    if text.startswith("diverged"):
+        return DIVERGED
+    if "out of memory" in text.lower():
+        return OUT_OF_MEMORY
+    if text.startswith("no search trial"):
+        return NO_RECIPE
+    return ERROR
+
+
+def is_own(kind: str | None) -> bool:
+    return kind in OWN
+
+
+def exception_kind(exc: BaseException) -> str:
+    """An exception raised by training, as a failure kind."""
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return OUT_OF_MEMORY
+    return ERROR
+
+
+# ---------------------------------------------------------------- did it learn?
+
+
+def chance_error(classes: int) -> float:
+    """The error of guessing: 1 - 1/classes (0.9 for ten classes)."""
+    return 1.0 - 1.0 / classes
+
+
+def _at_chance(error: float | None, examples: int, chance: float) -> float | None:
+    """The margin within which `error` counts as chance, or None if it is clearly below chance:
+    three standard errors of a guesser on that many examples, and at least two points."""
+    if error is None or math.isnan(error) or examples < 1:
+        return None
+    margin = max(0.02, 3 * math.sqrt(chance * (1 - chance) / examples))
+    return margin if error >= chance - margin else None
+
+
+def did_not_learn(train_error: float | None, train_examples: int, test_error: float | None, test_examples: int,
+                  classes: int) -> str | None:
+    """Why a run counts as having learned nothing, or None when it learned.
+
+    A run learned nothing when its last epoch's training error and its final test error are both
+    at chance level (within three standard errors of a guesser on that many examples, and at
+    least two points). Such a run can end with a finite loss (a learning rate so large that
+    BatchNorm keeps the loss finite while the weights are lost), and its errors are not a
+    measurement of the variant. Both are asked for: the training error of a short run is a
+    running average that starts at chance, while the test error is measured after training.
+    """
+    if classes < 2:
+        return None
+    chance = chance_error(classes)
+    train_margin = _at_chance(train_error, train_examples, chance)
+    test_margin = _at_chance(test_error, test_examples, chance)
+    if train_margin is None or test_margin is None:
+        return None
+    return (f"did not learn: training error {100 * train_error:.1f}% and test error {100 * test_error:.1f}% are at "
+            f"chance level for {classes} classes ({100 * chance:.1f}%)")
