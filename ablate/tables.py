@@ -347,7 +347,7 @@ def points_table(study: optuna.Study) -> pd.DataFrame:
         base = {
             "number": t.number, "variant": name, "kind": ua.get("kind") or ("final" if not study.user_attrs.get("search") else None),
             "seed": ua.get("seed", t.params.get("seed")), "state": t.state.name,
-            **{a: axes[a] for a in AXES if a != "blocks"},
+            **{a: axes[a] for a in AXES if a != "blocks"}, "did_not_learn": _flag(ua, t.state.name),
         }
         for h in ua.get("history") or []:
             if not isinstance(h, dict):
@@ -356,7 +356,8 @@ def points_table(study: optuna.Study) -> pd.DataFrame:
                 if isinstance(pt, dict) and pt.get("iteration") is not None:
                     rows.append({**base, "epoch": h.get("epoch"), "iteration": int(pt["iteration"]),
                                  **{f: _number(pt.get(f)) for f in POINT_FIELDS}})
-    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "epoch", "iteration", *POINT_FIELDS]
+    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "did_not_learn", "epoch", "iteration",
+               *POINT_FIELDS]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
         for col in ("seed", "depth", "width", "epoch", "iteration"):
