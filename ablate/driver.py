@@ -389,10 +389,11 @@ def check_fuse(fuse: int | str) -> None:
         raise ValueError(f"--fuse: {fuse!r} is not valid; use auto, off or a number of runs >= 1")
 
 
-#: Fused runs per group on a CPU, by MACs per image: measured on a 2-core CPU (docs/benchmarks.md),
-#: where fusing the quick study's width-8 nets helps most in pairs and four-way fusion of
-#: nets this small still wins; bigger convolutions already keep the cores busy.
-CPU_FUSE = ((30e6, 4), (150e6, 2))
+#: Fused runs per group on a CPU, by MACs per image (docs/benchmarks.md, "Fused runs"): pairs for
+#: nets as small as the quick study's (width 8, 28 px: 2-24M MACs), where a micro-benchmark
+#: showed pairs ahead; ResNet-20 at 32 px (41M) fused 4 ways measured slower than one run after
+#: another on a busy 2-core CPU, so larger nets are not fused. Provisional: no quiet machine yet.
+CPU_FUSE = ((30e6, 2),)
 #: On a GPU one small net leaves most of it idle (issue 12: ResNet-20 wants K = 8); not measured yet.
 GPU_FUSE = ((50e6, 8), (500e6, 4))
 
