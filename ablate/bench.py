@@ -276,6 +276,142 @@ def baseline_throughput(
         torch.backends.cudnn.benchmark = benchmark
 
 
+# --- Fused runs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FuseBenchResult:
+    """Training images per second summed over K runs of one variant (seeds seed..seed+K-1), three ways."""
+
+    variant: str
+    dataset: str
+    data: str
+    device: str
+    device_name: str
+    torch: str
+    cpus: int
+    threads: int
+    date: str
+    batch_size: int
+    images: int
+    size: int
+    epochs: int
+    runs: int  # K
+    seed: int
+    load: tuple[float, float]  # 1-minute load average before and after
+    others_cpu: float | None
+    fused_ips: float  # one network of K runs (ablate.train.train_runs)
+    sequential_ips: float  # K runs of `train`, one after another
+    concurrent_ips: float | None  # K processes at once, each with threads // K threads (CPU only)
+
+    @property
+    def speedup(self) -> float:
+        """Fused over one after another: above 1 fusion is faster."""
+        return self.fused_ips / self.sequential_ips
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+def _one_run(spec: VariantSpec, recipe: Recipe, info: DatasetInfo, images: int, data_dir, random_data: bool,
+             device: str, seed: int, data_seed: int, threads: int) -> float:
+    """One `train` in a process of its own (for the concurrent case): its steady images/s."""
+    import torch
+
+    from ablate.train import resolve_device, train
+
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    data = _random_splits(info, images, data_seed, dev) if random_data else _disk_splits(info, images, data_dir, data_seed, dev)
+    return train(spec, recipe, data, device=dev, seed=seed).images_per_second
+
+
+def run_fuse_bench(
+    variant: str | VariantSpec,
+    dataset: str,
+    *,
+    runs: int,
+    device: str = "auto",
+    batch_size: int = 128,
+    images: int = DEFAULT_IMAGES,
+    size: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    random_data: bool = False,
+    epochs: int = 2,
+    seed: int = 0,
+    concurrent: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> FuseBenchResult:
+    """K = `runs` runs of `variant`, seeds seed..seed+K-1, trained as one fused network, then one
+    after another, then (on a CPU, with `concurrent`) as K processes at once; images/s summed over
+    the K runs, each timed on its epochs after the first, as `run_bench` does."""
+    import multiprocessing
+
+    import torch
+
+    from ablate.train import Recipe, input_info, resolve_device, train, train_runs
+
+    spec = get_variant(variant) if isinstance(variant, str) else variant
+    info = dataset_info(dataset)
+    dev = resolve_device(device)
+    for key, value, low in (("fuse", runs, 2), ("batch_size", batch_size, 2), ("images", images, 2), ("epochs", epochs, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{key}: {value!r} is not valid; use an integer >= {low}")
+    say = log or (lambda message: None)
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, schedule="constant", augment=info.augment,
+                    resize=None if size is None or size == info.size else size)
+    data = _random_splits(info, images, seed, dev) if random_data else _disk_splits(info, images, data_dir, seed, dev)
+    seeds = [seed + k for k in range(runs)]
+    load_before, busy_before, t0 = os.getloadavg()[0], _others_busy(), time.perf_counter()
+
+    def finished(results) -> list:
+        bad = [r for r in results if isinstance(r, Exception) or r.diverged or r.images_per_second is None]
+        if bad:
+            raise RuntimeError(f"a run did not finish ({getattr(bad[0], 'reason', bad[0])}); try another --seed")
+        return results
+
+    say(f"fused: {runs} runs of {spec.name} as one network, {len(data.train)} images x {epochs} epochs")
+    fused = sum(r.images_per_second for r in finished(train_runs(spec, recipe, data, seeds=seeds, device=dev)))
+    say(f"one after another: {runs} runs of {spec.name}")
+    alone = finished([train(spec, recipe, data, device=dev, seed=s) for s in seeds])
+    sequential = runs / sum(1 / r.images_per_second for r in alone)  # K runs' images over their summed time
+    parallel = None
+    if concurrent and dev.type == "cpu":
+        threads = max(1, torch.get_num_threads() // runs)
+        say(f"concurrent: {runs} processes of {threads} thread(s) each")
+        with multiprocessing.get_context("spawn").Pool(runs) as pool:
+            parallel = sum(pool.starmap(_one_run, [(spec, recipe, info, images, data_dir, random_data, str(dev), s, seed, threads)
+                                                   for s in seeds]))
+    busy_after, wall = _others_busy(), time.perf_counter() - t0
+    others = None if busy_before is None or busy_after is None else max(0.0, (busy_after - busy_before) / wall)
+    return FuseBenchResult(
+        variant=spec.name, dataset=info.name, data=data.source, device=str(dev), device_name=device_name(dev),
+        torch=torch.__version__, cpus=os.cpu_count() or 0, threads=torch.get_num_threads(), date=date.today().isoformat(),
+        batch_size=batch_size, images=len(data.train), size=input_info(info, recipe).size, epochs=epochs, runs=runs,
+        seed=seed, load=(load_before, os.getloadavg()[0]), others_cpu=others, fused_ips=fused, sequential_ips=sequential,
+        concurrent_ips=parallel,
+    )
+
+
+def _print_fuse(r: FuseBenchResult) -> None:
+    table = Table(title=f"{r.runs} runs of {r.variant} on {r.dataset} ({r.size} px), {r.device}: training images/s summed over the runs")
+    table.add_column("", justify="left")
+    table.add_column("value", justify="right")
+    table.add_row(f"fused (one network of {r.runs} runs)", f"{r.fused_ips:,.1f}")
+    table.add_row("one after another", f"{r.sequential_ips:,.1f}")
+    if r.concurrent_ips is not None:
+        table.add_row(f"{r.runs} processes at once", f"{r.concurrent_ips:,.1f}")
+    table.add_row("[bold]speedup (fused / one after another)[/]", f"[bold]{r.speedup:.2f}x[/]")
+    table.add_section()
+    for key in ("device_name", "torch", "cpus", "threads", "batch_size", "images", "epochs", "data", "seed", "date"):
+        table.add_row(key, str(getattr(r, key)))
+    table.add_row("load (1 min, before / after)", f"{r.load[0]:.2f} / {r.load[1]:.2f}")
+    if r.others_cpu is not None:
+        table.add_row("CPU cores used by other processes", f"{r.others_cpu:.2f}")
+    out = Console()
+    out.print(table) if out.is_terminal else Console(width=120).print(table)
+
+
 # --- The command ------------------------------------------------------------------------------
 
 _err = Console(stderr=True)
@@ -299,11 +435,21 @@ def bench(
     epochs: Annotated[int, typer.Option(help="Epochs per side; the first is warm-up, not timed.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed for the network, data order and augmentation.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+    fuse: Annotated[int | None, typer.Option("--fuse", help="Instead: K runs (seeds) fused into one network against K runs one after another and K processes at once.", show_default=False)] = None,
 ) -> None:
     """Training throughput (images/s) of the engine against a seed-style DataLoader baseline."""
     from ablate.data import DataError
 
     try:
+        if fuse is not None:
+            f = run_fuse_bench(variant, dataset, runs=fuse, device=device, batch_size=batch_size, images=images, size=size,
+                               data_dir=data_dir, random_data=random_data, epochs=epochs, seed=seed,
+                               log=lambda message: _err.print(f"[dim]{message}[/]", highlight=False))
+            if as_json:
+                sys.stdout.write(json.dumps(f.to_dict(), indent=2) + "\n")
+            else:
+                _print_fuse(f)
+            return
         r = run_bench(variant, dataset, device=device, batch_size=batch_size, images=images, size=size,
                       data_dir=data_dir, random_data=random_data, workers=workers, epochs=epochs, seed=seed,
                       log=lambda message: _err.print(f"[dim]{message}[/]", highlight=False))

@@ -55,6 +55,20 @@ def _show_notices() -> None:
         logger.addHandler(Notice())
 
 
+def parse_fuse(text: str) -> int | str:
+    """--fuse: auto, off, or a number of runs >= 1."""
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value
+    try:
+        runs = int(value)
+    except ValueError:
+        runs = 0
+    if runs < 1:
+        raise fail(f"--fuse: {text!r} is not valid; use auto, off or a number of runs >= 1 (1 is off)")
+    return runs
+
+
 def _with_first_seed(study: Study, first_seed: int) -> Study:
     import dataclasses
 
@@ -216,11 +230,13 @@ def run(
     grace_period: Annotated[int, typer.Option("--grace-period", help="Seconds without heartbeat after which a running trial is taken for dead and retried.")] = 30,
     first_seed: Annotated[int | None, typer.Option("--first-seed", help="Seed of the first final run, overriding the study file's [seeds] start (e.g. 6 for seeds 6..10 of count = 5): disjoint seed sets without editing the file. Use another --storage for each.", show_default=False)] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry, once, the units whose failure was their own (diverged, out of memory, an error).")] = False,
+    fuse: Annotated[str, typer.Option("--fuse", help="Train up to K final runs of a variant (its seeds) as one fused network: K, auto (by device and model size) or off. Results are stored as if run one by one.")] = "auto",
 ) -> None:
     """Train every variant of a study under Optuna and store every trial (resumes where it stopped)."""
     s = _load(study)  # before importing torch and Optuna: a bad study file is reported at once
     if first_seed is not None:
         s = _with_first_seed(s, first_seed)
+    fuse_runs = parse_fuse(fuse)
     import optuna
     import sqlalchemy
 
@@ -235,7 +251,7 @@ def run(
     try:
         with stopping.handled(), _warnings_to(display.bar.console), display.bar:
             ostudy = run_study(s, storage, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir, progress=display.hooks(),
-                               grace=grace_period, retry_failed=retry_failed)
+                               grace=grace_period, retry_failed=retry_failed, fuse=fuse_runs)
     except (DriverError, DataError, ValueError) as exc:
         raise fail(str(exc)) from None
     except stopping.Stop as stop:

@@ -12,8 +12,10 @@ storage and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -33,7 +35,7 @@ from ablate import __version__, failpoints, outcomes, stopping
 from ablate.checkpoint import CheckpointWriteError, remove_stale
 from ablate.study import FIRST_SEED, Study
 from ablate.tables import safe_url, selection_error
-from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train
+from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train, train_runs
 from ablate.variants import VariantSpec
 
 DEFAULT_STORAGE = "sqlite:///ablate.db"
@@ -380,6 +382,124 @@ def best_search_trial(trials: list[FrozenTrial], variant: str) -> FrozenTrial | 
 # ---------------------------------------------------------------- the run
 
 
+def check_fuse(fuse: int | str) -> None:
+    if fuse in ("auto", "off"):
+        return
+    if isinstance(fuse, bool) or not isinstance(fuse, int) or fuse < 1:
+        raise ValueError(f"--fuse: {fuse!r} is not valid; use auto, off or a number of runs >= 1")
+
+
+#: Fused runs per group on a CPU, by MACs per image (docs/benchmarks.md, "Fused runs"): pairs for
+#: nets as small as the quick study's (width 8, 28 px: 2-24M MACs), where a micro-benchmark
+#: showed pairs ahead; ResNet-20 at 32 px (41M) fused 4 ways measured slower than one run after
+#: another on a busy 2-core CPU, so larger nets are not fused. Provisional: no quiet machine yet.
+CPU_FUSE = ((30e6, 2),)
+#: On a GPU one small net leaves most of it idle (issue 12: ResNet-20 wants K = 8); not measured yet.
+GPU_FUSE = ((50e6, 8), (500e6, 4))
+
+
+def fuse_size(fuse: int | str, spec: VariantSpec, study: Study, device: torch.device) -> int:
+    """How many runs of `spec` to fuse: `fuse` itself, 1 for off, or for auto a size by the
+    model's MACs per image and the device (`CPU_FUSE`, `GPU_FUSE`)."""
+    if fuse == "off":
+        return 1
+    if fuse != "auto":
+        return int(fuse)
+    from ablate.models import measure
+
+    recipe = study.recipe_for(spec)
+    info = study.info if recipe.resize is None else dataclasses.replace(study.info, size=recipe.resize)
+    _, macs = measure(spec, info)
+    table = GPU_FUSE if device.type == "cuda" else CPU_FUSE
+    return next((k for limit, k in table if macs <= limit), 1)
+
+
+def pick_group(pending: list[Unit], size: int) -> list[Unit]:
+    """The units to run next, together: the first pending one and, when it is a final run, up to
+    `size` - 1 more final runs of the same variant (the same recipe, other seeds), in order.
+    A pure function of the pending units, so the pick can go through a claim of its own."""
+    first = pending[0]
+    if first.kind != "final" or size <= 1:
+        return [first]
+    return [first, *[u for u in pending[1:] if u.kind == "final" and u.variant == first.variant][:size - 1]]
+
+
+@dataclass
+class _Job:
+    """A trial being run: its unit, recipe and checkpoint, and what it has reported so far."""
+
+    trial: optuna.Trial
+    unit: Unit
+    recipe: Recipe
+    ckpt: Path
+    on_epoch: Callable[[Epoch], None] | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reported: set[int] = dataclasses.field(default_factory=set)
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+def _run_group(ostudy: optuna.Study, storage, prepare, train_group, conclude, finished, n: int) -> None:
+    """Run the `n` oldest queued trials at once, as `optimize` runs one: each has its heartbeat,
+    its own reports and attributes, and is told its own state, then `finished` is called for it.
+    Trials of the same variant and recipe train as one fused network (`train_group`); a trial
+    queued by another process for another variant trains in a group of its own."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": it is run here, below
+        warnings.simplefilter("ignore", UserWarning)
+        trials = [ostudy.ask() for _ in range(n)]
+    told: list[tuple[optuna.Trial, TrialState, float | None, BaseException | None]] = []
+    with contextlib.ExitStack() as beats:
+        for t in trials:
+            beats.enter_context(get_heartbeat_thread(t._trial_id, storage))
+        jobs, outcome = [], {}
+        for t in trials:
+            try:
+                jobs.append(prepare(t))
+            except Exception as exc:
+                outcome[t.number] = exc
+        groups: dict[tuple[Any, ...], list[_Job]] = {}
+        for j in jobs:
+            groups.setdefault((j.unit.variant, j.recipe), []).append(j)
+        stop: BaseException | None = None
+        for group in groups.values():
+            try:
+                if stop is not None:
+                    raise stop
+                results = train_group(group)
+            except BaseException as exc:  # a stop, a full disk, an error of the network: every run of the group
+                stop = exc if not isinstance(exc, Exception) else stop
+                results = [exc] * len(group)
+            for j, r in zip(group, results):
+                outcome[j.trial.number] = r
+        for t in trials:
+            job = next((j for j in jobs if j.trial is t), None)
+            r = outcome[t.number]
+
+            def result(r=r):
+                if isinstance(r, BaseException):
+                    raise r
+                return r
+
+            try:
+                if job is None:
+                    result()
+                told.append((t, TrialState.COMPLETE, conclude(job, result), None))
+            except optuna.TrialPruned as exc:
+                told.append((t, TrialState.PRUNED, None, exc))
+            except (Exception, KeyboardInterrupt) as exc:
+                told.append((t, TrialState.FAIL, None, exc))
+    raise_after = None
+    for t, state, value, exc in told:
+        frozen = ostudy.tell(t, value, state=state) if state == TrialState.COMPLETE else ostudy.tell(t, state=state)
+        finished(ostudy, frozen)
+        if isinstance(exc, KeyboardInterrupt) and raise_after is None:  # a stop: after every trial is told
+            raise_after = exc
+    if raise_after is not None:
+        raise raise_after
+
+
+
 @dataclass
 class Progress:
     """What the run reports as it goes; the CLI draws it (or not, when not on a terminal)."""
@@ -413,6 +533,7 @@ def run_study(
     download: bool = True,
     grace: int = GRACE_SECONDS,
     retry_failed: bool = False,
+    fuse: int | str = "auto",
 ) -> optuna.Study:
     """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
 
@@ -421,9 +542,13 @@ def run_study(
     memory, ...); units interrupted or killed are always retried. A SIGINT or SIGTERM (with
     `stopping.handled()` in force) stops the run between steps with `stopping.Stop`, and so does a
     checkpoint that cannot be written; the trial is marked for retry and its checkpoint kept.
+    `fuse`: train up to this many final runs of one variant at once as one fused network
+    (`fuse_size`, `ablate.train.train_runs`): an execution choice, not part of the study's
+    definition; each run is its own trial, stored as if it had run alone.
     """
     progress = progress or Progress()
     dev = resolve_device(device)
+    check_fuse(fuse)
     if grace < 2:
         raise ValueError(f"--grace-period: {grace} is too short; use at least 2 seconds (default {GRACE_SECONDS})")
     storage = storage_for_run(storage_url, grace)
@@ -438,7 +563,7 @@ def run_study(
     env = versions()
     metric = objective_metric(study)
 
-    def objective(trial: optuna.Trial) -> float:
+    def prepare(trial: optuna.Trial) -> _Job:
         unit = by_key[trial.user_attrs["unit"]]
         params = {name: _suggest(trial, name, dists[name]) for name in param_keys(study, unit)}
         recipe = trial_recipe(study, unit, params)
@@ -448,27 +573,30 @@ def run_study(
         trial.set_user_attr("data", data.source)  # the folder the files came from, or the bundled subset
         ckpt = ckpt_dir / checkpoint_name(unit, recipe)
         checkpoints[trial.number] = ckpt
-        history: list[dict[str, Any]] = []
-        reported: set[int] = set()
+        job = _Job(trial, unit, recipe, ckpt)
 
         def on_epoch(e: Epoch) -> None:
             trial.report(getattr(e, metric), e.epoch)
-            reported.add(e.epoch)
-            history.append(dataclasses.asdict(e))
-            trial.set_user_attr("history", history)  # live: a report of a running study shows it
+            job.reported.add(e.epoch)
+            job.history.append(dataclasses.asdict(e))
+            trial.set_user_attr("history", job.history)  # live: a report of a running study shows it
             progress.on_epoch(unit, e)
             if unit.kind == "search" and trial.should_prune():
                 raise optuna.TrialPruned(f"{metric.replace('_', ' ')} {getattr(e, metric):.4f} at epoch {e.epoch} is worse than the variant's median")
 
+        job.on_epoch = on_epoch
         progress.on_trial(unit, schedule(recipe, len(data.train.labels)).epochs)
-        start = time.perf_counter()
+        return job
+
+    def conclude(job: _Job, run: Callable[[], Any]) -> float:
+        """The trial's value from `run()`'s result, its attributes stored; or the failure, recorded."""
+        trial, unit, history = job.trial, job.unit, job.history
         try:
-            result = train(unit.variant, recipe, data, device=dev, seed=unit.seed, callback=on_epoch, checkpoint=ckpt,
-                           poll=stopping.check)
+            result = run()
         except optuna.TrialPruned:
             raise
         except stopping.Stop as stop:  # SIGINT / SIGTERM: not the unit's fault; retried at once, from its checkpoint
-            _mark_for_retry(trial, stop.kind, f"{stop.reason} after {len(reported)} epochs; the next run resumes it from its checkpoint")
+            _mark_for_retry(trial, stop.kind, f"{stop.reason} after {len(job.reported)} epochs; the next run resumes it from its checkpoint")
             raise
         except CheckpointWriteError as exc:  # a full disk: stop the run, keep the last checkpoint
             _mark_for_retry(trial, outcomes.STORAGE, str(exc))
@@ -482,13 +610,13 @@ def run_study(
             raise
         history[:] = [dataclasses.asdict(e) for e in result.history]  # restored epochs included
         for e in result.history:  # epochs restored from a checkpoint were reported by the killed trial
-            if e.epoch not in reported:
+            if e.epoch not in job.reported:
                 trial.report(getattr(e, metric), e.epoch)
         attrs = {
             "params": result.params, "macs": result.macs, "history": history,
             "train_error": result.train_error, "test_error": result.test_error,
             "val_error": result.final.val_error if result.final else None,
-            "images_per_second": result.images_per_second, "seconds": time.perf_counter() - start,
+            "images_per_second": result.images_per_second, "seconds": time.perf_counter() - job.start,
             "resumed_from": result.resumed_from,
         }
         for k, v in attrs.items():
@@ -503,6 +631,16 @@ def run_study(
             if flat is not None:
                 trial.set_user_attr(outcomes.DID_NOT_LEARN, flat)
         return getattr(result.final, metric)
+
+    def objective(trial: optuna.Trial) -> float:
+        job = prepare(trial)
+        return conclude(job, lambda: train(job.unit.variant, job.recipe, data, device=dev, seed=job.unit.seed,
+                                           callback=job.on_epoch, checkpoint=job.ckpt, poll=stopping.check))
+
+    def train_group(jobs: list[_Job]) -> list[Any]:
+        """One fused network for the jobs (same variant and recipe): each one's Result or exception."""
+        return train_runs(jobs[0].unit.variant, jobs[0].recipe, data, seeds=[j.unit.seed for j in jobs], device=dev,
+                          callbacks=[j.on_epoch for j in jobs], checkpoints=[j.ckpt for j in jobs], poll=stopping.check)
 
     def finished(_: optuna.Study, trial: FrozenTrial) -> None:
         # The trial is in the storage now; only then may its checkpoint go (a kill before this
@@ -530,7 +668,9 @@ def run_study(
                     retry = {k: t.number for k, t in failed_units(trials).items()}
                 progress.on_start(len(units), len(state.done) - len(retry))
                 first = False
-            if not _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace):
+            group = functools.partial(_run_group, ostudy, storage, prepare, train_group, conclude, finished)
+            if not _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace,
+                         lambda unit: fuse_size(fuse, unit.variant, study, dev), group):
                 return ostudy
 
 
@@ -565,28 +705,34 @@ def _mark_for_retry(trial: optuna.Trial, kind: str, reason: str) -> None:
     trial.set_user_attr(outcomes.FAILURE, reason)
 
 
-def _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace) -> bool:
-    """Queue and run the next unit, or wait for units running elsewhere; False when all are done."""
+def _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace,
+          fuse=lambda unit: 1, run_group=None) -> bool:
+    """Queue and run the next unit (or group of units, `pick_group`), or wait for units running
+    elsewhere; False when all are done."""
     done = {k for k, t in state.done.items() if retry.get(k) != t.number}
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     busy = {t.user_attrs.get("unit") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     pending = [u for u in units if u.key not in done and u.key not in busy]
     runnable = [u for u in pending if u.kind == "search" or _search_finished(u, units, done)]
-    if not waiting and runnable:  # nothing queued: queue the next unit
-        unit = runnable[0]
-        previous = state.interrupted.get(unit.key)
-        # Interrupted or killed: the same params, so its checkpoint resumes (a trial killed before its
-        # objective ran has no params yet: those it was enqueued with, in Optuna's `fixed_params`).
-        params = {**previous.system_attrs.get("fixed_params", {}), **previous.params} if previous is not None else {}
-        if not params:
-            best = best_search_trial(trials, unit.variant.name) if unit.kind == "final" and study.search else None
-            if unit.kind == "final" and study.search and best is None:
-                _record_impossible(ostudy, study, unit, dists)
-                return True
-            params = fixed_params(study, unit, best.params if best else None)
-        ostudy.enqueue_trial(params, user_attrs={
-            "unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index, "seed": unit.seed,
-        })
+    if not waiting and runnable:  # nothing queued: queue the next unit, or group of units
+        group = pick_group(runnable, fuse(runnable[0]))
+        for unit in group:
+            previous = state.interrupted.get(unit.key)
+            # Interrupted or killed: the same params, so its checkpoint resumes (a trial killed before its
+            # objective ran has no params yet: those it was enqueued with, in Optuna's `fixed_params`).
+            params = {**previous.system_attrs.get("fixed_params", {}), **previous.params} if previous is not None else {}
+            if not params:
+                best = best_search_trial(trials, unit.variant.name) if unit.kind == "final" and study.search else None
+                if unit.kind == "final" and study.search and best is None:
+                    _record_impossible(ostudy, study, unit, dists)
+                    return True
+                params = fixed_params(study, unit, best.params if best else None)
+            ostudy.enqueue_trial(params, user_attrs={
+                "unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index, "seed": unit.seed,
+            })
+        if len(group) > 1 and run_group is not None:
+            run_group(len(group))
+            return True
     if waiting or runnable:  # run the oldest queued trial, whichever process queued it
         ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[finished])
         return True

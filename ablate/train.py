@@ -25,7 +25,7 @@ from torch import nn
 from ablate.checkpoint import load as load_checkpoint
 from ablate.checkpoint import save as save_checkpoint
 from ablate.data import Split, Splits, augment, batches, load_dataset, normalize
-from ablate.models import build_model, count_params, measure
+from ablate.models import build_model, count_params, fuse_states, measure, split_state
 from ablate.recipe import (  # noqa: F401 (re-exported)
     ALTERNATIVES, DATA_ORDER_KEYS, PRECISIONS, SCHEDULES, WARMUPS, Recipe, Schedule, check_recipe, lr_at, make_recipe,
     schedule, steps_per_epoch, train_size,
@@ -136,9 +136,13 @@ def _autocast(device: torch.device, precision: Precision):
     return torch.autocast(device.type, dtype=precision.autocast, enabled=precision.autocast is not None)
 
 
-def _inputs(images: torch.Tensor, info, recipe: Recipe, precision: Precision) -> torch.Tensor:
-    """uint8 batch -> normalised float input in the model's layout, resized if the recipe says so."""
-    x = normalize(images, info)
+def _inputs(images: torch.Tensor | list[torch.Tensor], info, recipe: Recipe, precision: Precision) -> torch.Tensor:
+    """uint8 batch -> normalised float input in the model's layout, resized if the recipe says so.
+    A list (one batch per fused run) is stacked along the channel axis, run k in slice k."""
+    if isinstance(images, torch.Tensor):
+        x = normalize(images, info)
+    else:
+        x = torch.cat([normalize(im, info) for im in images], 1) if len(images) > 1 else normalize(images[0], info)
     if recipe.resize is not None and recipe.resize != info.size:
         x = F.interpolate(x, size=(recipe.resize, recipe.resize), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x
@@ -150,15 +154,16 @@ def input_info(info, recipe: Recipe):
 
 
 def _evaluate(model: nn.Module, split: Split, info, recipe: Recipe, device: torch.device, precision: Precision,
-              batch_size: int = 500) -> float:
+              batch_size: int = 500, runs: int = 1) -> list[float]:
+    """Each run's error on `split` (one per fused run; every run sees the same images)."""
     model.eval()
-    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    wrong = torch.zeros(runs, dtype=torch.int64, device=device)
     with torch.no_grad(), _autocast(device, precision):
         for images, labels in batches(split, batch_size, shuffle=False):
-            x = _inputs(images, info, recipe, precision)
-            wrong += (model(x).argmax(1) != labels).sum()
+            x = _inputs([images] * runs, info, recipe, precision)
+            wrong += (model(x).view(len(labels), runs, -1).argmax(2) != labels[:, None]).sum(0)
     model.train()
-    return wrong.item() / len(split.labels)
+    return [w / len(split.labels) for w in wrong.tolist()]
 
 
 def load_data(dataset: str, recipe: Recipe, *, device: str | torch.device = "cpu", data_dir=None, download: bool = True) -> Splits:
@@ -229,124 +234,261 @@ def train(
     `poll` is called after every optimisation step and may raise to stop training there (the
     last epoch's checkpoint stays): the driver stops on SIGINT and SIGTERM this way.
     """
+    (outcome,) = train_runs(spec, recipe, data, seeds=[seed], device=device, callbacks=[callback],
+                            checkpoints=[checkpoint], precision=precision, poll=poll)
+    if isinstance(outcome, Exception):  # the callback's
+        raise outcome
+    return outcome
+
+
+@dataclass
+class _Run:
+    """One run of a (fused) group: everything it owns besides its slice of the network."""
+
+    seed: int
+    callback: Callable[[Epoch], None] | None
+    checkpoint: Path | None
+    fingerprint: dict[str, Any]
+    gen: torch.Generator  # data order and augmentation
+    cpu_rng: torch.Tensor  # the global generator's state after the run's initialisation
+    model: dict[str, torch.Tensor]  # its state dict, as `build_model(spec, info)` has it
+    optimizer: dict[str, Any] | None  # restored from its checkpoint
+    history: list[Epoch]
+    start_epoch: int
+    outcome: Result | Exception | None = None  # set when the run ends
+
+
+def train_runs(
+    spec: VariantSpec,
+    recipe: Recipe,
+    data: Splits,
+    *,
+    seeds: list[int],
+    device: str | torch.device = "cpu",
+    callbacks: list[Callable[[Epoch], None] | None] | None = None,
+    checkpoints: list[str | Path | None] | None = None,
+    precision: Precision | None = None,
+    poll: Callable[[], None] | None = None,
+) -> list[Result | Exception]:
+    """Train one run of `spec` per seed, all at once, as one horizontally fused network
+    (`build_model(..., runs=len(seeds))`); `train` is this with one seed.
+
+    Each run is what `train` with its seed, callback and checkpoint would give (up to
+    floating-point rounding): its own initialisation, data order and augmentation, drawn from
+    its own seed; its batch stacked along the channel axis; the loss the sum of the runs'
+    losses, whose parameters are disjoint, so each run's SGD step is its own. Its checkpoint is
+    the one `train` writes, so a run resumes fused or alone. Runs whose checkpoints stopped at
+    different epochs are trained as one group per epoch reached, one group after the other.
+
+    A run that diverges is masked out (its slice of the network and of the momentum zeroed, its
+    loss left out) and ends with a diverged `Result`; the others go on. A callback's exception
+    ends its own run and is that run's outcome. Returns one outcome per seed, in order.
+    """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     precision = precision or precision_for(device, recipe.precision)
     info = data.info
     check_data(recipe, data)
-    torch.manual_seed(seed)
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    callbacks = list(callbacks) if callbacks is not None else [None] * len(seeds)
+    checkpoints = list(checkpoints) if checkpoints is not None else [None] * len(seeds)
+    if not len(seeds) == len(callbacks) == len(checkpoints):
+        raise ValueError("train_runs: give one callback and one checkpoint (or None) per seed")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         # fp32 means fp32: cuDNN would otherwise run convolutions in TF32 (10-bit mantissa).
         torch.backends.cudnn.allow_tf32 = precision.autocast is not None
         torch.backends.cuda.matmul.allow_tf32 = False
-    model = build_model(spec, info).to(device)
+    runs = []
+    for seed, callback, path in zip(seeds, callbacks, checkpoints):
+        torch.manual_seed(seed)
+        alone = build_model(spec, info).to(device)
+        # Data order and augmentation draw from their own generator on the data's device.
+        gen = torch.Generator(device=data.train.images.device)
+        gen.manual_seed(seed)
+        run = _Run(seed, callback, Path(path) if path is not None else None, _fingerprint(spec, recipe, seed, data), gen,
+                   torch.get_rng_state(), alone.state_dict(), None, [], 0)
+        # A checkpoint that cannot be used (damaged, another run's) is discarded with a warning: from scratch.
+        state = load_checkpoint(run.checkpoint, run.fingerprint, alone, map_location=device) if run.checkpoint is not None else None
+        if state is not None:
+            run.model, run.optimizer = state["model"], state["optimizer"]
+            run.cpu_rng = state["rng"]["cpu"]
+            gen.set_state(state["rng"]["data"])
+            if device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+            run.history = [Epoch(**e) for e in state["history"]]
+            run.start_epoch = state["epoch"]
+        runs.append(run)
+    if len(runs) == 1:
+        torch.set_rng_state(runs[0].cpu_rng)
+    params = count_params(alone)
+    _, macs = measure(spec, input_info(info, recipe))
+    for epoch in sorted({r.start_epoch for r in runs}):
+        _fit(spec, recipe, data, [r for r in runs if r.start_epoch == epoch], device, precision, params, macs, poll)
+    return [r.outcome for r in runs]
+
+
+def _fuse_optimizer(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """SGD's state dicts of the runs as one for the fused network (momentum stacked like the weights)."""
+    first = states[0]
+    fused = {i: {k: torch.cat([s["state"][i][k] for s in states]) if isinstance(v, torch.Tensor) and v.dim() else v
+                 for k, v in entry.items()} for i, entry in first["state"].items()}
+    return {"state": fused, "param_groups": first["param_groups"]}
+
+
+def _split_optimizer(state: dict[str, Any], runs: int) -> list[dict[str, Any]]:
+    return [{"state": {i: {k: v.chunk(runs)[r].clone() if isinstance(v, torch.Tensor) and v.dim() else v for k, v in entry.items()}
+                       for i, entry in state["state"].items()},
+             "param_groups": state["param_groups"]} for r in range(runs)]
+
+
+def _silence(model: nn.Module, optimizer: torch.optim.Optimizer, k: int, runs: int) -> None:
+    """Mask run `k` out of a fused network: zero its slice of every weight, buffer and momentum.
+    With zero weights its activations are zero and finite, and with its loss left out its
+    gradient is zero, so SGD (momentum and weight decay included) leaves the slice at zero."""
+    with torch.no_grad():
+        tensors = [*model.state_dict().values(), *(s.get("momentum_buffer") for s in optimizer.state.values())]
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.dim() and t.is_floating_point():
+                t.chunk(runs)[k].zero_()
+
+
+def _stage_norms(stages: dict[str, list[nn.Parameter]], runs: int) -> torch.Tensor:
+    """[stages, runs]: each run's L2 norm of its gradient in each stage."""
+    if runs == 1:
+        return torch.stack([
+            torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in ps if p.grad is not None])))
+            for ps in stages.values()
+        ])[:, None]
+    return torch.stack([
+        torch.linalg.vector_norm(torch.cat([p.grad.reshape(runs, -1) for p in ps if p.grad is not None], 1), dim=1)
+        for ps in stages.values()
+    ])
+
+
+def _fit(spec: VariantSpec, recipe: Recipe, data: Splits, runs: list[_Run], device: torch.device, precision: Precision,
+         params: int, macs: int, poll: Callable[[], None] | None) -> None:
+    """The training loop of runs that start at the same epoch, fused into one network; sets each
+    run's outcome."""
+    info = data.info
+    k_runs = len(runs)
+    with torch.device("meta"):  # no initialisation: the runs' own weights are loaded next
+        model = build_model(spec, info, runs=k_runs)
+    model = model.to_empty(device=device)
+    model.load_state_dict(fuse_states([r.model for r in runs]))
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = count_params(model)
-    _, macs = measure(spec, input_info(info, recipe))
     stages = {name: [p for p in m.parameters()] for name, m in model.named_children()}
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
     )
+    if runs[0].optimizer is not None:
+        optimizer.load_state_dict(_fuse_optimizer([r.optimizer for r in runs]))
     step_model = torch.compile(model) if recipe.compile else model
-    # Data order and augmentation draw from their own generator on the data's device.
-    gen = torch.Generator(device=data.train.images.device)
-    gen.manual_seed(seed)
 
     n = len(data.train.labels)
     sched = schedule(recipe, n)
     drop_last, total, spe = sched.drop_last, sched.iterations, sched.steps_per_epoch
-    history: list[Epoch] = []
-    start_epoch = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(spec, recipe, seed, data)
-    # A checkpoint that cannot be used (damaged, another run's) is discarded with a warning: from scratch.
-    state = load_checkpoint(ckpt, fingerprint, model, map_location=device) if ckpt is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        gen.set_state(state["rng"]["data"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        history = [Epoch(**e) for e in state["history"]]
-        start_epoch = state["epoch"]
-    resumed_from = start_epoch
+    alive = torch.ones(k_runs, dtype=torch.bool, device=device)
 
-    def result(**kw: Any) -> Result:
-        return Result(spec=spec, recipe=recipe, seed=seed, device=str(device), params=params, macs=macs,
-                      history=tuple(history), resumed_from=resumed_from, **kw)
+    live = [True] * k_runs  # mirrors `alive`, without a device sync
+
+    def end(k: int, outcome: Exception | None = None, **kw: Any) -> None:
+        """Run k ends: masked out of the network, with its result (or its callback's exception)."""
+        r = runs[k]
+        r.outcome = outcome if outcome is not None else Result(
+            spec=spec, recipe=recipe, seed=r.seed, device=str(device), params=params, macs=macs,
+            history=tuple(r.history), resumed_from=r.start_epoch, **kw)
+        alive[k], live[k] = False, False
+        if k_runs > 1:
+            _silence(model, optimizer, k, k_runs)
+
+    def diverged(loss_sums: torch.Tensor, epoch: int, reason: Callable[[int], str]) -> None:
+        for k in (~torch.isfinite(loss_sums) & alive).nonzero().flatten().tolist():
+            end(k, diverged=True, diverged_epoch=epoch, reason=reason(k))
 
     model.train()
-    for epoch in range(start_epoch + 1, sched.epochs + 1):
+    for epoch in range(runs[0].start_epoch + 1, sched.epochs + 1):
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        wrong = torch.zeros((), dtype=torch.int64, device=device)
-        grad_sums = torch.zeros(len(stages), device=device)
+        loss_sums = torch.zeros(k_runs, device=device)
+        wrong = torch.zeros(k_runs, dtype=torch.int64, device=device)
+        grad_sums = torch.zeros(len(stages), k_runs, device=device)
         seen = 0
         step = (epoch - 1) * spe
         lr = recipe.lr
         closes = set(point_steps(spe, recipe.points_per_epoch))
-        marks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = [(step, 0, loss_sum.clone(), wrong.clone())]
-        for i, (images, labels) in enumerate(batches(data.train, recipe.batch_size, shuffle=True, generator=gen, drop_last=drop_last)):
+        marks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = [(step, 0, loss_sums.clone(), wrong.clone())]
+        streams = [batches(data.train, recipe.batch_size, shuffle=True, generator=r.gen, drop_last=drop_last) for r in runs]
+        for i, pairs in enumerate(zip(*streams)):
             if step >= total:  # `iterations` ends training inside this epoch
                 break
             lr = lr_at(recipe, step, sched)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if recipe.augment:
-                images = augment(images, recipe.augment, generator=gen)
+            images = [augment(im, recipe.augment, generator=r.gen) if recipe.augment else im for (im, _), r in zip(pairs, runs)]
+            labels = torch.stack([lb for _, lb in pairs], 1)  # [N, runs]
             x = _inputs(images, info, recipe, precision)
             with _autocast(device, precision):
-                logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+                logits = step_model(x).view(len(labels), k_runs, -1)
+                losses = torch.stack([F.cross_entropy(logits[:, k].float(), labels[:, k], label_smoothing=recipe.label_smoothing)
+                                      for k in range(k_runs)])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_sums += torch.stack([
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in ps if p.grad is not None])))
-                for ps in stages.values()
-            ])
+            # The runs' parameters are disjoint: the gradient of the sum is each run's own gradient.
+            (losses.sum() if all(live) else losses[alive].sum()).backward()
+            grad_sums += _stage_norms(stages, k_runs)
             optimizer.step()
-            loss_sum += loss.detach()
-            wrong += (logits.detach().argmax(1) != labels).sum()
+            loss_sums += losses.detach()
+            wrong += (logits.detach().argmax(2) != labels).sum(0)
             seen += len(labels)
             step += 1
             if i + 1 in closes:  # copies of the running sums: no device sync until the epoch ends
-                marks.append((step, seen, loss_sum.clone(), wrong.clone()))
+                marks.append((step, seen, loss_sums.clone(), wrong.clone()))
             if poll is not None:
                 poll()
             # A NaN stays NaN in the running sum, so checking every few steps (one device sync)
             # stops a diverged run within a few steps of the divergence.
-            if (i % 16 == 15 or device.type == "cpu") and not torch.isfinite(loss_sum):
-                return result(diverged=True, diverged_epoch=epoch,
-                              reason=f"loss became {loss.item()} at epoch {epoch}, step {step} (lr {lr:.4g})")
-        if not torch.isfinite(loss_sum):
-            return result(diverged=True, diverged_epoch=epoch, reason=f"loss became {loss_sum.item()} at epoch {epoch} (lr {lr:.4g})")
+            if (i % 16 == 15 or device.type == "cpu") and not bool(torch.isfinite(loss_sums[alive]).all()):
+                diverged(loss_sums, epoch, lambda k: f"loss became {losses[k].item()} at epoch {epoch}, step {step} (lr {lr:.4g})")
+                if not any(live):
+                    return
+        diverged(loss_sums, epoch, lambda k: f"loss became {loss_sums[k].item()} at epoch {epoch} (lr {lr:.4g})")
+        if not any(live):
+            return
         if marks[-1][0] != step:  # a partial last epoch: close its last interval
-            marks.append((step, seen, loss_sum.clone(), wrong.clone()))
+            marks.append((step, seen, loss_sums.clone(), wrong.clone()))
         train_seconds = time.perf_counter() - t0
         steps = max(1, step - (epoch - 1) * spe)
-        norms = (grad_sums / steps).tolist()
-        record = Epoch(
-            epoch=epoch,
-            train_loss=loss_sum.item() / steps,
-            train_error=wrong.item() / max(1, seen),
-            test_error=_evaluate(model, data.test, info, recipe, device, precision),
-            val_error=_evaluate(model, data.val, info, recipe, device, precision) if data.val is not None else None,
-            lr=lr,
-            seconds=time.perf_counter() - t0,
-            images_per_second=seen / train_seconds,
-            grad_norms=dict(zip(stages, norms)),
-            points=_points(marks),
-        )
-        history.append(record)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, {
-                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "rng": _rng_states(device, gen),
-                "history": [asdict(e) for e in history],
-            })
-        if callback is not None:
-            callback(record)
-    return result()
+        norms = (grad_sums / steps).T.tolist()
+        losses_, wrong_ = [v / steps for v in loss_sums.tolist()], wrong.tolist()
+        test = _evaluate(model, data.test, info, recipe, device, precision, runs=k_runs)
+        val = _evaluate(model, data.val, info, recipe, device, precision, runs=k_runs) if data.val is not None else [None] * k_runs
+        seconds = time.perf_counter() - t0
+        states = split_state(model.state_dict(), k_runs) if any(r.checkpoint for r in runs) else None
+        optims = _split_optimizer(optimizer.state_dict(), k_runs) if states else None
+        for k, r in enumerate(runs):
+            if r.outcome is not None:
+                continue
+            record = Epoch(
+                epoch=epoch, train_loss=losses_[k], train_error=wrong_[k] / max(1, seen), test_error=test[k],
+                val_error=val[k], lr=lr, seconds=seconds, images_per_second=seen / train_seconds,
+                grad_norms=dict(zip(stages, norms[k])), points=_points([(it, sn, ls[k], wr[k]) for it, sn, ls, wr in marks]),
+            )
+            r.history.append(record)
+            if r.checkpoint is not None:
+                rng = {**_rng_states(device, r.gen), "cpu": r.cpu_rng}
+                _save_checkpoint(r.checkpoint, {
+                    "fingerprint": r.fingerprint, "epoch": epoch, "model": states[k], "optimizer": optims[k],
+                    "rng": rng, "history": [asdict(e) for e in r.history],
+                })
+            if r.callback is not None:
+                try:
+                    r.callback(record)
+                except Exception as exc:  # ends this run; the others go on
+                    end(k, outcome=exc)
+        if not any(live):
+            return
+    for r in runs:
+        if r.outcome is None:
+            r.outcome = Result(spec=spec, recipe=recipe, seed=r.seed, device=str(device), params=params, macs=macs,
+                               history=tuple(r.history), resumed_from=r.start_epoch)

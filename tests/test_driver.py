@@ -315,7 +315,7 @@ def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(driver, "train", faulty_train)
     url = f"sqlite:///{tmp_path / 'f.db'}"
-    driver.run_study(study, url, device="cpu")
+    driver.run_study(study, url, device="cpu", fuse="off")  # one unit at a time, through `train`
     assert len(calls) == 8
     trials = optuna.load_study(study_name="failing", storage=url).get_trials()
     by_unit = {t.user_attrs["unit"]: t for t in trials}
@@ -331,8 +331,38 @@ def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
     assert sorted(ok) == ["plain-8-w4/final/0", "resnet-14-w4/final/0", "resnet-14-w4/final/1", "resnet-8-w4/final/1"]
     # Recorded failures are results: running again retries nothing.
     calls.clear()
-    driver.run_study(study, url, device="cpu")
+    driver.run_study(study, url, device="cpu", fuse="off")
     assert calls == []
+
+
+FUSED = FAILING.replace('name = "failing"', 'name = "fused"').replace("count = 2", "count = 3").replace("depth = [8, 14]", "depth = [8]")
+
+
+@needs_fashion
+def test_fused_final_runs_are_stored_as_if_run_one_by_one(tmp_path):
+    """--fuse 2 on three seeds: a fused pair and a run alone per variant; every unit its own trial
+    with the same attributes, intermediate values and (up to rounding) errors as without fusion."""
+    study = parse_study(FUSED)
+    stored = {}
+    for fuse in ("off", 2):
+        url = f"sqlite:///{tmp_path / f'{fuse}.db'}"
+        driver.run_study(study, url, device="cpu", fuse=fuse)
+        ostudy = optuna.load_study(study_name="fused", storage=url)
+        stored[fuse] = ({t.user_attrs["unit"]: t for t in ostudy.get_trials()}, ostudy.user_attrs["definition"])
+    (alone, def_alone), (fused, def_fused) = stored["off"], stored[2]
+    assert def_alone == def_fused  # an execution choice, not part of the study
+    assert sorted(alone) == sorted(fused) and len(fused) == 6
+    for key, t in fused.items():
+        a = alone[key]
+        assert t.state == a.state == optuna.trial.TrialState.COMPLETE
+        assert set(t.user_attrs) == set(a.user_attrs) and t.params == a.params
+        assert sorted(t.intermediate_values) == sorted(a.intermediate_values) == [1]
+        assert t.value == pytest.approx(a.value, abs=0.01)
+        assert t.user_attrs["history"][0]["train_loss"] == pytest.approx(a.user_attrs["history"][0]["train_loss"], abs=1e-3)
+    # The checkpoints went with their trials.
+    assert not list((tmp_path / "2.db.checkpoints" / "fused").glob("*.pt"))
+    with pytest.raises(ValueError, match="--fuse: 0 is not valid"):
+        driver.run_study(study, f"sqlite:///{tmp_path / 'x.db'}", device="cpu", fuse=0)
 
 
 def free_port() -> int:
