@@ -425,6 +425,7 @@ def run_study(
             if plan.finished:
                 return ostudy
             if plan.ready or plan.impossible:
+                failpoints.reach("plan")
                 claimed = S.claim(storage, ostudy, candidates(plan), lambda rs: scheduling.plan(units, rs, retry).claimable)
                 for trial_id in claimed:
                     trial = ostudy._storage.get_trial(trial_id)

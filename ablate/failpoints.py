@@ -5,8 +5,9 @@ The pattern of etcd's gofail and FoundationDB's simulation: the code names its d
 but not yet in place, a unit's claim holding the database lock), and a test asks the process to stop at one. With `ABLATE_FAILPOINT=name`
 (or `name:N`, the N-th time; several separated by commas) the process sends itself SIGSTOP when it gets there, and the test
 harness SIGKILLs it while it is stopped: a real kill of a real process, at a moment a timer could
-not hit. `storage-open` (just before a worker opens its storage) serves as a starting gate: a test
-stops every worker there and continues them all at once. Without the variable, `reach` returns
+not hit. `storage-open` (just before a worker opens its storage) and `plan` (a worker has planned and is
+about to claim) serve as starting gates: a test stops every worker there and continues them all
+at once. Without the variable, `reach` returns
 at once and nothing changes.
 """
 
@@ -16,7 +17,7 @@ import os
 import signal
 
 ENV = "ABLATE_FAILPOINT"
-POINTS = ("checkpoint-write", "trial-complete", "report-write", "storage-open", "claim")
+POINTS = ("checkpoint-write", "trial-complete", "report-write", "storage-open", "plan", "claim")
 
 def _parse(spec: str) -> dict[str, int]:
     """"name" or "name:N", several separated by commas: point -> the time it stops there."""

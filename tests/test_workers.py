@@ -61,18 +61,20 @@ def is_stopped(pid: int) -> bool:
     return False
 
 
-def start_together(n: int, argv: list[str], cwd: Path, first: str = "") -> list[subprocess.Popen]:
-    """n workers, each stopped at the starting gate, then continued at the same instant.
-    `first`: more failpoints for the first worker."""
-    procs = [subprocess.Popen(argv, cwd=cwd, env={**os.environ, failpoints.ENV: ",".join(filter(None, ["storage-open", first if i == 0 else ""]))},
+def start_together(n: int, argv: list[str], cwd: Path, first: str = "", gates: tuple[str, ...] = ("storage-open",)) -> list[subprocess.Popen]:
+    """n workers, each stopped at each gate in turn and continued at the same instant with the
+    others. `first`: more failpoints for the first worker."""
+    procs = [subprocess.Popen(argv, cwd=cwd, env={**os.environ, failpoints.ENV: ",".join([*gates, *([first] if first and i == 0 else [])])},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n)]
-    deadline = time.time() + 300
-    while not all(is_stopped(p.pid) for p in procs):
-        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
-        assert time.time() < deadline, "the workers did not reach the starting gate"
-        time.sleep(0.05)
-    for p in procs:
-        os.kill(p.pid, signal.SIGCONT)
+    for _ in gates:
+        deadline = time.time() + 300
+        while not all(is_stopped(p.pid) for p in procs):
+            assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
+            assert time.time() < deadline, "the workers did not reach the gate"
+            time.sleep(0.05)
+        for p in procs:
+            os.kill(p.pid, signal.SIGCONT)
+        time.sleep(0.2)  # (they leave the stopped state)
     return procs
 
 
@@ -106,7 +108,9 @@ def check_exactly_once(url: str, path: Path) -> list[optuna.trial.FrozenTrial]:
 def test_workers_started_at_the_same_instant_train_each_unit_once(tmp_path, workers):
     path = study_file(tmp_path, seeds=workers)  # 2 variants x seeds: two units a worker
     url = f"sqlite:///{tmp_path / 'many.db'}"
-    procs = start_together(workers, args(path, url, "--no-report"), tmp_path)
+    # Released together twice: at opening the storage (new tables, one study), and again with
+    # every worker's first plan made, all about to claim the same first unit.
+    procs = start_together(workers, args(path, url, "--no-report"), tmp_path, gates=("storage-open", "plan"))
     errors = [p.communicate(timeout=600)[1] for p in procs]
     for p, err in zip(procs, errors):
         assert p.returncode == 0, err
