@@ -94,13 +94,13 @@ def training(db: Path) -> set[int]:
     return {json.loads(v)["pid"] for (v,) in rows}
 
 
-def check_exactly_once(url: str, path: Path) -> list[optuna.trial.FrozenTrial]:
+def check_exactly_once(url: str, path: Path, failed: tuple[str, ...] = (outcomes.KILLED,)) -> list[optuna.trial.FrozenTrial]:
     trials = optuna.load_study(study_name="many", storage=url).get_trials()
     units = sorted(u.key for u in study_units(parse_study(path.read_text())))
     complete = Counter(TrialAttrs.read(t.user_attrs).unit for t in trials if t.state == TrialState.COMPLETE)
     assert sorted(complete) == units and set(complete.values()) == {1}, complete  # each unit exactly once
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert all(outcomes.failure_kind(t.state, t.user_attrs) == outcomes.KILLED for t in trials if t.state == TrialState.FAIL)
+    assert all(outcomes.failure_kind(t.state, t.user_attrs) in failed for t in trials if t.state == TrialState.FAIL)
     return trials
 
 
@@ -195,3 +195,45 @@ def test_a_study_grows_by_variants_and_seeds_and_only_the_new_units_train(tmp_pa
                           (small, "variants, seeds")):
         with pytest.raises(driver.DriverError, match=rf"\(it differs in: {what}\); a study may only grow"):
             driver.run_study(changed, url, device="cpu")
+
+
+def test_workers_show_in_ls_and_ctrl_c_stops_them_all_and_the_next_run_resumes(tmp_path):
+    """`ablate run --workers 2`: while it trains, `ablate ls` and `ablate show` list the running
+    trials with their worker (host, pid, device) and last heartbeat; a SIGINT to the parent (a
+    terminal's Ctrl-C) stops both workers at a safe point, their trials marked interrupted; the
+    same command again finishes the study."""
+    import socket
+
+    path = study_file(tmp_path, seeds=2, epochs=30, images=2048)  # seconds a unit: long enough to look at
+    db = tmp_path / "many.db"
+    url = f"sqlite:///{db}"
+    argv = [sys.executable, "-m", "ablate", "run", str(path), "--storage", url, "--device", "cpu", "--workers", "2"]
+    parent = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(training(db)) < 2:
+        assert parent.poll() is None, parent.communicate()
+        assert time.time() < deadline, "two workers did not start training"
+        time.sleep(0.1)
+    pids = training(db)
+    for command in (["ls"], ["show", "many"]):
+        shown = subprocess.run([sys.executable, "-m", "ablate", *command, "--storage", url], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert "running trials" in shown.stdout and "s ago" in shown.stdout, shown.stdout
+        assert all(f"{socket.gethostname()}:{pid}" in shown.stdout for pid in pids), shown.stdout
+    parent.send_signal(signal.SIGINT)
+    out, err = parent.communicate(timeout=300)
+    assert parent.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT; the workers stopped at a safe point"), err
+    trials = optuna.load_study(study_name="many", storage=url).get_trials()
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert {TrialAttrs.read(t.user_attrs).worker.pid for t in stopped} == pids
+    assert all(outcomes.failure_kind(t.state, t.user_attrs) == outcomes.INTERRUPTED for t in stopped)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+    again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    resumed = [t for t in check_exactly_once(url, path, failed=(outcomes.INTERRUPTED,))
+               if TrialAttrs.read(t.user_attrs).resumed_from]
+    assert len(resumed) >= 1  # from the interrupted trials' checkpoints
+    assert (tmp_path / "reports" / "many.html").exists() and "report:" in again.stdout
