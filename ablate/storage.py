@@ -145,7 +145,10 @@ class Worker:
     def read(cls, value: Any) -> "Worker | None":
         if not isinstance(value, dict):
             return None
-        return cls(str(value.get("host", "?")), int(value.get("pid") or 0), str(value.get("device", "?")))
+        try:
+            return cls(str(value.get("host", "?")), int(value.get("pid") or 0), str(value.get("device", "?")))
+        except (TypeError, ValueError):  # written by something else
+            return None
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid} {self.device}"
