@@ -7,8 +7,10 @@ fingerprint) or otherwise unusable is never an error: it is discarded with one w
 and the unit trains from scratch. A write that fails (a full disk) removes its temporary file and
 raises `CheckpointWriteError`; the previous checkpoint is still in place.
 
-Temporary files are named `<checkpoint>.tmp<pid>`; one left by a killed process is removed by the
-next run (`remove_stale`), never one whose process is still writing it.
+Temporary files are named `<checkpoint>.tmp<pid>-<host>`; one left by a killed process is removed by
+the next run on the same host (`remove_stale`), never one whose process is still writing it, and
+never one of another host: workers on several machines may share a checkpoint folder
+(docs/distributed.md), and a process id means nothing on another machine.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ log = logging.getLogger("ablate")
 MAGIC = b"ablate checkpoint v1\n"
 _HEADER = struct.Struct("<Q32s")  # payload length, SHA-256 of the payload
 _ZIP = b"PK\x03\x04"  # a bare torch.save file, as ablate wrote before the header (read, unverified)
-TMP = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
+TMP = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9_.-]+))?$")
 KEYS = ("fingerprint", "epoch", "model", "optimizer", "rng", "history")
 
 
@@ -56,7 +58,7 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{_host()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -159,6 +161,12 @@ def discard(path: Path, reason: str) -> None:
     return None
 
 
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -177,7 +185,7 @@ def remove_stale(directory: str | Path) -> list[Path]:
         return removed
     for p in directory.iterdir():
         m = TMP.match(p.name)
-        if m and m["name"].endswith(".pt") and not _alive(int(m["pid"])):
+        if m and m["name"].endswith(".pt") and m["host"] in (None, _host()) and not _alive(int(m["pid"])):
             try:
                 p.unlink()
                 removed.append(p)

@@ -106,18 +106,25 @@ def variants(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{s.info.size}x{s.info.size})")
-    for col in ("name", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks", "params", "MACs",
+    from ablate.variants import AXES
+
+    for col in ("name", *AXES, "params", "MACs",
                 "iterations", "warm-up"):
         table.add_column(col, justify="right" if col in ("depth", "width", "params", "MACs", "iterations") else "left")
     for r in rows:
         table.add_row(
-            str(r["name"]), str(r["connection"]), str(r["activation"]), str(r["block"]), str(r["depth"]),
-            r["shortcut"] or "-", str(r["stem"]), str(r["width"]), "-".join(map(str, r["blocks"])),
+            str(r["name"]), *(_axis_cell(a, r[a]) for a in AXES),
             human(r["params"]), human(r["macs"]), str(r["recipe"]["iterations"]),
             f'{r["recipe"]["warmup_iterations"]} ({r["recipe"]["warmup"]}, lr {r["recipe"]["warmup_lr"]:g})'
             if r["recipe"]["warmup_iterations"] else "-",
         )
     _console().print(table)
+
+
+def _axis_cell(axis: str, value: object) -> str:
+    if value is None:  # a plain net's shortcut
+        return "-"
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 StorageOpt = Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the Optuna storage.")]
@@ -130,8 +137,11 @@ def _print_summary(ostudy, title: str) -> None:
 
     from ablate.tables import searched_keys, trials_table, variant_summary
 
+    from ablate.storage import StudyAttrs
+
+    attrs = StudyAttrs.read(ostudy.user_attrs)
     trials = trials_table(ostudy)
-    rows = variant_summary(trials, ostudy.user_attrs.get("variants"), searched_keys(ostudy.user_attrs, trials))
+    rows = variant_summary(trials, attrs.variants, searched_keys(attrs, trials))
 
     def error(mean: float, std: float) -> str:
         if math.isnan(mean):
@@ -158,7 +168,9 @@ def _print_verdicts(ostudy, trials, summary) -> None:
     from ablate.stats import ALPHA
     from ablate.tables import recipes_of, samples, verdicts
 
-    findings = verdicts(summary, str(ostudy.user_attrs.get("dataset") or ""), samples(trials, recipes_of(ostudy)))
+    from ablate.storage import StudyAttrs
+
+    findings = verdicts(summary, str(StudyAttrs.read(ostudy.user_attrs).dataset or ""), samples(trials, recipes_of(ostudy)))
     if not findings:
         return
     out = _console()
@@ -209,8 +221,11 @@ class _Display:
         def on_finish(unit, trial) -> None:
             self.bar.advance(self.units)
             state = trial.state.name.lower()
-            what = trial.user_attrs.get("failure") or (f"test error {100 * trial.value:.2f}%" if trial.value is not None else "")
-            if trial.user_attrs.get("did_not_learn"):
+            from ablate.storage import TrialAttrs
+
+            a = TrialAttrs.read(trial.user_attrs)
+            what = a.failure or (f"test error {100 * trial.value:.2f}%" if trial.value is not None else "")
+            if a.did_not_learn:
                 what += " (did not learn: training error at chance level)"
             self.bar.console.print(f"{unit.key}: {state} {what}", highlight=False, soft_wrap=True, markup=False)
 
@@ -231,19 +246,45 @@ def run(
     first_seed: Annotated[int | None, typer.Option("--first-seed", help="Seed of the first final run, overriding the study file's [seeds] start (e.g. 6 for seeds 6..10 of count = 5): disjoint seed sets without editing the file. Use another --storage for each.", show_default=False)] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry, once, the units whose failure was their own (diverged, out of memory, an error).")] = False,
     fuse: Annotated[str, typer.Option("--fuse", help="Train up to K final runs of a variant (its seeds) as one fused network: K, auto (by device and model size) or off. Results are stored as if run one by one.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine, sharing the study: spread over the visible GPUs (several per GPU when more workers than GPUs), or over the CPU cores.")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for training [default: torch's; with --workers N on CPU: cores / N].", show_default=False)] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Only train: no summary and no report at the end (what each of many workers runs).")] = False,
 ) -> None:
-    """Train every variant of a study under Optuna and store every trial (resumes where it stopped)."""
+    """Train every variant of a study under Optuna and store every trial (resumes where it stopped).
+
+    Any number of `ablate run` processes, on any number of machines, may run one study on one
+    storage at once: each unit is trained by exactly one of them (docs/distributed.md)."""
     s = _load(study)  # before importing torch and Optuna: a bad study file is reported at once
     if first_seed is not None:
         s = _with_first_seed(s, first_seed)
     fuse_runs = parse_fuse(fuse)
+    if workers < 1:
+        raise fail(f"--workers: {workers} is not valid; use 1 or more")
+    if threads is not None and threads < 1:
+        raise fail(f"--threads: {threads} is not valid; use 1 or more")
+    if workers > 1:
+        from ablate.workers import WorkerError, run_workers
+
+        try:
+            code = run_workers(s, study, storage, workers, device=device, threads=threads, forward=sys.argv[1:], console=err)
+        except WorkerError as exc:
+            raise fail(str(exc), code=exc.code) from None
+        if code != 0:
+            raise typer.Exit(code)
+        if not no_report:
+            _finish(s, storage)
+        return
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     import optuna
     import sqlalchemy
 
     from ablate import outcomes, stopping
     from ablate.data import DataError
     from ablate.driver import DriverError, run_study
-    from ablate.tables import one_line, safe_url
+    from ablate.storage import one_line, safe_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are recorded and shown by ablate
     _show_notices()
@@ -261,8 +302,20 @@ def run(
                    "run the same command again to resume where it stopped", code=stop.code) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume where it stopped", code=130) from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:  # the database itself: full, locked, gone
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:  # the database itself: full, locked, gone
         raise fail(f"storage {safe_url(storage)}: {one_line(exc)}; what is stored stays; fix it and run the same command again", code=1) from None
+    if not no_report:
+        _finish(s, storage, ostudy)
+
+
+def _finish(s: Study, storage: str, ostudy=None) -> None:
+    """After a run: the summary, the report, and exit 1 when units are left failed."""
+    from ablate.storage import safe_url
+
+    if ostudy is None:
+        from ablate.tables import open_study
+
+        ostudy = open_study(s.name, storage)
     _print_summary(ostudy, f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
     from ablate.report import write_report
 
@@ -304,7 +357,9 @@ def _left_failed(ostudy) -> None:
     from ablate.driver import failed_units
 
     trials = ostudy.get_trials(deepcopy=False)
-    flat = sum(bool(t.user_attrs.get(outcomes.DID_NOT_LEARN)) and t.state.name == "COMPLETE" for t in trials)
+    from ablate.storage import StudyAttrs, TrialAttrs
+
+    flat = sum(bool(TrialAttrs.read(t.user_attrs).did_not_learn) and t.state.name == "COMPLETE" for t in trials)
     if flat:
         err.print(f"note: {flat} final run(s) did not learn (training error at chance level); they are kept out of the "
                   "means and listed in the report's failures section", highlight=False, soft_wrap=True, markup=False)
@@ -312,7 +367,7 @@ def _left_failed(ostudy) -> None:
     if failed:
         kinds = Counter(outcomes.failure_kind(t.state, t.user_attrs) for t in failed.values())
         why = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-        raise fail(f"{len(failed)} of {ostudy.user_attrs.get('units', '?')} units failed ({why}); their reasons are in the report's "
+        raise fail(f"{len(failed)} of {StudyAttrs.read(ostudy.user_attrs).units or '?'} units failed ({why}); their reasons are in the report's "
                    "failures section; run again with --retry-failed to retry them", code=1)
 
 
@@ -331,6 +386,27 @@ def show(
         raise fail(str(exc)) from None
     p = study_progress(ostudy)
     _print_summary(ostudy, f"{study} on {p['dataset']}: {p['done']}/{p['units']} trials done; error mean ± std over seeds")
+    _print_running([(study, ostudy)], ostudy._storage)
+
+
+def _print_running(studies, storage) -> None:
+    """The running trials of some studies: unit, worker (host, pid, device), epochs done, last heartbeat."""
+    from ablate.driver import running_trials
+
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storage in a cache
+    rows = [(name, r) for name, o in studies for r in running_trials(o, backend)]
+    if not rows:
+        return
+    table = Table(title="running trials")
+    for col in ("study", "trial", "unit", "worker", "device", "epochs", "started", "last heartbeat"):
+        table.add_column(col, justify="right" if col in ("trial", "epochs") else "left")
+    for name, r in rows:
+        w = r["worker"]
+        age = r["heartbeat_age"]
+        table.add_row(name, str(r["number"]), str(r["unit"] or "-"), f"{w.host}:{w.pid}" if w else "-", w.device if w else "-",
+                      str(r["epochs"]), r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-",
+                      "-" if age is None else f"{age:.0f} s ago")
+    _console().print(table)
 
 
 @app.command("ls")
@@ -345,7 +421,9 @@ def ls(storage: StorageOpt = DEFAULT_STORAGE) -> None:
         studies = [optuna.load_study(study_name=n, storage=st) for n in optuna.get_all_study_names(st)]
     except DriverError as exc:
         raise fail(str(exc)) from None
-    table = Table(title=f"studies in {storage}")
+    from ablate.storage import safe_url
+
+    table = Table(title=f"studies in {safe_url(storage)}")
     for col in ("study", "dataset", "variants", "done", "running", "failed", "pruned", "started"):
         table.add_column(col)
     for o in studies:
@@ -353,6 +431,7 @@ def ls(storage: StorageOpt = DEFAULT_STORAGE) -> None:
         table.add_row(p["study"], str(p["dataset"]), str(p["variants"]), f"{p['done']}/{p['units']}", str(p["running"]),
                       str(p["failed"]), str(p["pruned"]), p["started"].strftime("%Y-%m-%d %H:%M") if p["started"] else "-")
     _console().print(table)
+    _print_running([(o.study_name, o) for o in studies], st)
 
 
 @app.command()

@@ -1,13 +1,14 @@
 """The study driver: a study file becomes one Optuna study of trained variants in RDB storage.
 
-Optuna organises everything (docs/storage.md says what is stored): each *unit* of work (a
-variant's search trial, or one of its final seeded runs) is one trial, enqueued with its fixed
-params (the variant's axes, the seed) and run by `study.optimize(n_trials=1)`, which brings
-Optuna's heartbeat, failure recording and pruning. Resuming is reading the storage: units with
-a finished trial are done; a trial left RUNNING by a killed process goes stale, Optuna's
-heartbeat fails it and enqueues a retry, and the retry resumes from the unit's checkpoint.
-Several processes (on several machines, with PostgreSQL) can run the same study: they share the
-storage and nothing else.
+Optuna organises everything (docs/storage.md says what is stored, ablate.storage how): each
+*unit* of work (a variant's search trial, or one of its final seeded runs) is one trial. A worker
+loops: it reaps trials of dead workers (Optuna's heartbeat), plans from the stored trials alone
+(ablate.scheduling), claims a unit under a database lock (ablate.storage.claim: exactly once,
+however many workers), and runs it. Resuming is reading the storage: units with a counting trial
+are done; a trial left RUNNING by a killed worker goes stale, and its unit is claimed again by
+any worker and resumes from its checkpoint. Any number of processes, on any number of machines
+(with PostgreSQL), run one study by running the same command: they share the storage and,
+where checkpoints should move between machines, a checkpoint folder (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import functools
 import hashlib
-import json
-import math
+import os
 import platform
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,85 +31,28 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate import __version__, failpoints, outcomes, stopping
+from ablate import __version__, failpoints, outcomes, scheduling, stopping
+from ablate import storage as S
 from ablate.checkpoint import CheckpointWriteError, remove_stale
-from ablate.study import FIRST_SEED, Study
-from ablate.tables import safe_url, selection_error
+from ablate.scheduling import Unit, study_units
+from ablate.study import Study
 from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train, train_runs
 from ablate.variants import VariantSpec
 
-DEFAULT_STORAGE = "sqlite:///ablate.db"
+DEFAULT_STORAGE = S.DEFAULT_STORAGE
 GRACE_SECONDS = 30  # a RUNNING trial whose heartbeat is older than this is stale (its process died)
+DriverError = S.StorageError  # a problem with the storage or a stored study; the message says how to fix it
+recipe_dict = S.recipe_dict
+definition = S.definition
 
-
-
-def _quiet_experimental(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Heartbeats and stale-trial retries are marked experimental in Optuna; they are what we need."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-class DriverError(Exception):
-    """A problem with the storage or a stored study; the message says how to fix it."""
+__all__ = ["Unit", "study_units", "run_study", "Progress", "DriverError"]
 
 
 class TrialFailed(Exception):
     """Raised inside a trial so Optuna records it as FAIL (after `failure` is set)."""
 
 
-# ---------------------------------------------------------------- units
-
-
-@dataclass(frozen=True)
-class Unit:
-    variant: VariantSpec
-    kind: str  # "search" | "final"
-    index: int
-    first_seed: int = FIRST_SEED  # [seeds] start: the seed of final run 0
-
-    @property
-    def seed(self) -> int:
-        # Search trials share seed 0, so hyperparameters are compared on one initialisation; final
-        # runs use fresh seeds (1..count unless [seeds] start moves them), so a variant's reported
-        # error is not the best of its search.
-        return 0 if self.kind == "search" else self.first_seed + self.index
-
-    @property
-    def key(self) -> str:
-        return f"{self.variant.name}/{self.kind}/{self.index}"
-
-
-def study_units(study: Study) -> list[Unit]:
-    """Every unit, variant by variant: its search trials, then its final runs."""
-    units = []
-    for spec in study.variants:
-        if study.search is not None:
-            units += [Unit(spec, "search", i) for i in range(study.search.trials)]
-        units += [Unit(spec, "final", i, study.first_seed) for i in range(study.seeds)]
-    return units
-
-
 # ---------------------------------------------------------------- what a trial's params are
-
-
-def _scalar(value: Any) -> Any:
-    """Recipe values as Optuna params: tuples become strings ("crop+flip")."""
-    if isinstance(value, tuple):
-        return "+".join(map(str, value)) or "none"
-    return value
-
-
-def axis_params(spec: VariantSpec) -> dict[str, Any]:
-    return {
-        "connection": spec.connection, "activation": spec.activation, "block": spec.block,
-        "depth": spec.depth, "shortcut": spec.shortcut or "none", "stem": spec.stem,
-        "width": spec.width, "blocks": "-".join(map(str, spec.blocks)),
-    }
 
 
 def _recipes(study: Study) -> list[Recipe]:
@@ -121,11 +64,13 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
     and the dashboard's slice / parallel-coordinate / importance plots span the ablation axes.
     A recipe key that a variant overrides spans every variant's value."""
     dists: dict[str, BaseDistribution] = {}
-    axes = [axis_params(s) for s in study.variants]
-    for key in ("connection", "activation", "block", "shortcut", "stem", "blocks"):
-        dists[key] = CategoricalDistribution(sorted({a[key] for a in axes}))
-    for key in ("depth", "width"):
-        dists[key] = IntDistribution(min(a[key] for a in axes), max(a[key] for a in axes))
+    axes = [S.spec_params(s) for s in study.variants]
+    for key in axes[0]:
+        values = [a[key] for a in axes]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            dists[key] = IntDistribution(min(values), max(values))
+        else:
+            dists[key] = CategoricalDistribution(sorted(set(values), key=str))
     searched = {p.key: p for p in (study.search.space if study.search else ())}
     recipes = _recipes(study)
     for f in dataclasses.fields(Recipe):
@@ -138,7 +83,7 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
             else:
                 dists[f.name] = FloatDistribution(p.low, p.high, log=p.log)
             continue
-        values = [_scalar(getattr(r, f.name)) for r in recipes if getattr(r, f.name) is not None]
+        values = [S.flat(getattr(r, f.name)) for r in recipes if getattr(r, f.name) is not None]
         if not values:
             continue
         if any(isinstance(v, (bool, str)) for v in values):
@@ -153,7 +98,7 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
 
 def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -> dict[str, Any]:
     """The params known before a unit runs: everything but the searched values of a search trial."""
-    params = {**axis_params(unit.variant), "seed": unit.seed}
+    params = {**S.spec_params(unit.variant), "seed": unit.seed}
     searched = {p.key for p in study.search.space} if study.search else set()
     recipe = study.recipe_for(unit.variant)
     for f in dataclasses.fields(Recipe):
@@ -162,7 +107,7 @@ def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -
             if unit.kind == "final":
                 params[f.name] = best[f.name] if best is not None else value
         elif value is not None:
-            params[f.name] = _scalar(value)
+            params[f.name] = S.flat(value)
     return params
 
 
@@ -183,26 +128,6 @@ def objective_metric(study: Study) -> str:
     return "val_error" if study.search is not None else "test_error"
 
 
-def definition(study: Study) -> str:
-    """Canonical JSON of everything that decides the results; a re-run must match it."""
-    doc = {
-        "dataset": study.dataset,
-        "variants": [s.axes() for s in study.variants],
-        "recipe": recipe_dict(study.recipe),
-        "search": study.search.describe() if study.search else None,
-        "seeds": study.seeds,
-    }
-    if study.first_seed != FIRST_SEED:  # only when moved: storages written before [seeds] start keep their definition
-        doc["first_seed"] = study.first_seed
-    if study.overrides:
-        doc["overrides"] = study.overrides
-    return json.dumps(doc, sort_keys=True)
-
-
-def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}
-
-
 def versions() -> dict[str, str]:
     import torchvision
 
@@ -218,13 +143,16 @@ def versions() -> dict[str, str]:
 
 
 def _same_variant(study: optuna.Study, trial: FrozenTrial, states: tuple[TrialState, ...]) -> optuna.Study:
-    """An in-memory copy of `study` holding only the finished search trials of `trial`'s variant."""
-    variant = trial.user_attrs.get("variant")
+    """An in-memory copy of `study` holding only the search trials of `trial`'s variant in
+    `states` (never `trial` itself)."""
+    variant = S.TrialAttrs.read(trial.user_attrs).variant
     shadow = optuna.create_study(direction="minimize")
-    shadow.add_trials(
-        t for t in study.get_trials(deepcopy=False, states=states)
-        if t.user_attrs.get("variant") == variant and t.user_attrs.get("kind") == "search"
-    )
+    mine = []
+    for t in study.get_trials(deepcopy=False, states=states):
+        a = S.TrialAttrs.read(t.user_attrs)
+        if a.variant == variant and a.kind == "search" and t.number != trial.number:
+            mine.append(t)
+    shadow.add_trials(mine)
     return shadow
 
 
@@ -246,7 +174,9 @@ class PerVariantSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
-        shadow = _same_variant(study, trial, (TrialState.COMPLETE, TrialState.PRUNED))
+        # RUNNING trials too: with several workers, TPE's constant liar counts the values being
+        # tried elsewhere as bad ones for now, so parallel workers do not all sample one spot.
+        shadow = _same_variant(study, trial, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
         return self._inner.sample_independent(shadow, trial, param_name, param_distribution)
 
 
@@ -265,7 +195,7 @@ def _sampler(study: Study) -> optuna.samplers.BaseSampler:
     if study.search is None or study.search.sampler == "random":
         inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler()
     else:
-        inner = optuna.samplers.TPESampler(n_startup_trials=max(2, study.search.trials // 3))
+        inner = optuna.samplers.TPESampler(n_startup_trials=max(2, study.search.trials // 3), constant_liar=True)
     return PerVariantSampler(inner)
 
 
@@ -279,77 +209,30 @@ def _pruner(study: Study) -> optuna.pruners.BasePruner:
 
 
 def heartbeat_for(grace: int) -> int:
-    return max(1, grace // 3)
+    return S.heartbeat_interval(grace)
 
 
 def storage_for_run(url: str, grace: int = GRACE_SECONDS) -> optuna.storages.RDBStorage:
-    """RDB storage with Optuna's heartbeat: stale trials are failed and retried with their params."""
-    return _open(url, grace=grace)
+    """RDB storage with Optuna's heartbeat, set up for many workers (ablate.storage)."""
+    return S.open_storage(url, grace=grace)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """RDB storage for reading (ls, show, report, dashboard)."""
-    return _open(url, grace=None)
-
-
-@_quiet_experimental
-def _open(url: str, grace: int | None) -> optuna.storages.RDBStorage:
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:
-        raise DriverError(f"--storage: {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or postgresql+psycopg://user@host/db") from None
-    kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:" and not Path(database).expanduser().parent.exists():
-            raise DriverError(f"--storage: the folder of {database} does not exist; create it or choose another path")
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    if grace is not None:
-        kwargs.update(
-            heartbeat_interval=heartbeat_for(grace), grace_period=grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
-    try:
-        return optuna.storages.RDBStorage(url, **kwargs)
-    except ModuleNotFoundError as exc:
-        raise DriverError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name}); install it or use SQLite") from None
-    except Exception as exc:  # SQLAlchemy and Optuna errors: connection refused, bad schema, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DriverError(f"--storage: cannot open {safe_url(url)}: {first}") from None
+    return S.open_storage(url)
 
 
 # ---------------------------------------------------------------- progress of a study in storage
 
 
-@dataclass(frozen=True)
-class UnitState:
-    done: dict[str, FrozenTrial]  # unit key -> its latest finished trial (COMPLETE, PRUNED, or FAIL of its own)
-    in_flight: set[str]  # units with a WAITING or RUNNING trial
-    interrupted: dict[str, FrozenTrial]  # units whose last attempt failed for a reason not their own (ablate.outcomes)
-
-
-def unit_state(trials: list[FrozenTrial]) -> UnitState:
-    done: dict[str, FrozenTrial] = {}
-    in_flight: set[str] = set()
-    interrupted: dict[str, FrozenTrial] = {}
-    for t in trials:  # in trial order: a unit retried with --retry-failed is done by its latest attempt
-        key = t.user_attrs.get("unit")
-        if key is None:
-            continue
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or outcomes.is_own(outcomes.failure_kind(t.state, t.user_attrs)):
-            done[key] = t
-        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
-            in_flight.add(key)
-        elif t.state == TrialState.FAIL:
-            interrupted[key] = t
-    return UnitState(done, in_flight - set(done), {k: t for k, t in interrupted.items() if k not in done})
+def unit_state(trials: list[FrozenTrial]) -> scheduling.UnitState:
+    return scheduling.unit_state(S.records(trials))
 
 
 def failed_units(trials: list[FrozenTrial]) -> dict[str, FrozenTrial]:
     """Units whose latest finished attempt failed for a reason of their own: unit key -> that trial."""
-    return {k: t for k, t in unit_state(trials).done.items() if t.state == TrialState.FAIL}
+    by_number = {t.number: t for t in trials}
+    return {k: by_number[r.number] for k, r in scheduling.failed_units(S.records(trials)).items()}
 
 
 def checkpoint_name(unit: Unit, recipe: Recipe) -> str:
@@ -362,24 +245,40 @@ def _checkpoint_prefix(key: str) -> str:
     return f"{key.replace('/', '_')}-"
 
 
-def clean_checkpoints(ckpt_dir: Path, state: UnitState) -> None:
+def clean_checkpoints(ckpt_dir: Path, done: set[str]) -> None:
     """A killed run's leftovers: temporary files of interrupted writes, and checkpoints of units
     that are done (a run killed between recording a trial and removing its checkpoint)."""
     remove_stale(ckpt_dir)
     if not ckpt_dir.is_dir():
         return
     for p in ckpt_dir.glob("*.pt"):
-        if any(p.name.startswith(_checkpoint_prefix(k)) for k in state.done):
+        if any(p.name.startswith(_checkpoint_prefix(k)) for k in done):
             p.unlink(missing_ok=True)
 
 
-def best_search_trial(trials: list[FrozenTrial], variant: str) -> FrozenTrial | None:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("variant") == variant
-                and t.user_attrs.get("kind") == "search"]
-    return min(complete, key=lambda t: (selection_error(t.user_attrs.get("val_error"), t.value), t.number)) if complete else None
-
-
 # ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Progress:
+    """What the run reports as it goes; the CLI draws it (or not, when not on a terminal)."""
+
+    on_start: Callable[[int, int], None] = lambda total, done: None  # units in all, already done
+    on_trial: Callable[[Unit, int], None] = lambda unit, epochs: None  # a unit starts (epochs in it)
+    on_epoch: Callable[[Unit, Epoch], None] = lambda unit, epoch: None
+    on_finish: Callable[[Unit, FrozenTrial], None] = lambda unit, trial: None
+    on_wait: Callable[[int], None] = lambda running: None  # units running elsewhere; waiting for them
+
+
+def checkpoint_dir_for(storage_url: str) -> Path:
+    """Beside a SQLite file; under the user's cache for server storages."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(storage_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        db = Path(parsed.database).expanduser().absolute()
+        return db.parent / f"{db.name}.checkpoints"
+    return Path("~/.cache/ablate/checkpoints").expanduser()
 
 
 def check_fuse(fuse: int | str) -> None:
@@ -414,16 +313,6 @@ def fuse_size(fuse: int | str, spec: VariantSpec, study: Study, device: torch.de
     return next((k for limit, k in table if macs <= limit), 1)
 
 
-def pick_group(pending: list[Unit], size: int) -> list[Unit]:
-    """The units to run next, together: the first pending one and, when it is a final run, up to
-    `size` - 1 more final runs of the same variant (the same recipe, other seeds), in order.
-    A pure function of the pending units, so the pick can go through a claim of its own."""
-    first = pending[0]
-    if first.kind != "final" or size <= 1:
-        return [first]
-    return [first, *[u for u in pending[1:] if u.kind == "final" and u.variant == first.variant][:size - 1]]
-
-
 @dataclass
 class _Job:
     """A trial being run: its unit, recipe and checkpoint, and what it has reported so far."""
@@ -438,20 +327,242 @@ class _Job:
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
 
-def _run_group(ostudy: optuna.Study, storage, prepare, train_group, conclude, finished, n: int) -> None:
-    """Run the `n` oldest queued trials at once, as `optimize` runs one: each has its heartbeat,
-    its own reports and attributes, and is told its own state, then `finished` is called for it.
-    Trials of the same variant and recipe train as one fused network (`train_group`); a trial
-    queued by another process for another variant trains in a group of its own."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
 
-    with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": it is run here, below
-        warnings.simplefilter("ignore", UserWarning)
-        trials = [ostudy.ask() for _ in range(n)]
+def run_study(
+    study: Study,
+    storage_url: str = DEFAULT_STORAGE,
+    *,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    download: bool = True,
+    grace: int = GRACE_SECONDS,
+    retry_failed: bool = False,
+    fuse: int | str = "auto",
+) -> optuna.Study:
+    """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
+
+    Any number of processes may run this on one storage at once: each unit ends with exactly
+    one counting trial (ablate.storage.claim). `grace`: seconds after which a RUNNING trial
+    without heartbeat is taken for dead and its unit claimed again, by any worker.
+    `fuse`: final runs of one variant claimed and trained together as one fused network
+    (auto, off, or K; ablate.train.train_runs); an execution choice, stored as if run one by one.
+    `retry_failed`: also run once more every unit whose failure was its own (diverged, out of
+    memory, ...); units interrupted or killed are always retried. A SIGINT or SIGTERM (with
+    `stopping.handled()` in force) stops the run between steps with `stopping.Stop`, and so does a
+    checkpoint that cannot be written; the trial is marked for retry and its checkpoint kept.
+    """
+    progress = progress or Progress()
+    dev = resolve_device(device)
+    check_fuse(fuse)
+    if grace < 2:
+        raise ValueError(f"--grace-period: {grace} is too short; use at least 2 seconds (default {GRACE_SECONDS})")
+    failpoints.reach("storage-open")
+    storage = storage_for_run(storage_url, grace)
+    ostudy = _create_or_check(study, storage)
+    # The data first: a missing dataset is an error before anything is trained.
+    data = load_data(study.dataset, study.recipe, device=dev, data_dir=data_dir, download=download)
+    units = study_units(study)
+    by_key = {u.key: u for u in units}
+    dists = distributions(study)
+    ckpt_root = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint_dir_for(storage_url)
+    ckpt_dir = ckpt_root / study.name
+    env = versions()
+    metric = objective_metric(study)
+    device_name = str(dev) if dev.type == "cpu" else f"{dev.type}:{torch.cuda.current_device()}"
+    worker = S.Worker.here(_physical_device(device_name))
+
+    def prepare(trial: optuna.Trial) -> _Job:
+        """A claimed trial made ready to train: its params suggested, recipe and checkpoint chosen."""
+        unit = by_key[S.TrialAttrs.read(trial.user_attrs).unit]
+        params = {name: _suggest(trial, name, dists[name]) for name in param_keys(study, unit)}
+        recipe = trial_recipe(study, unit, params)
+        S.set_trial_attrs(trial, recipe=recipe_dict(recipe), device=device_name, versions=env,
+                          data=data.source)  # data: the folder the files came from, or the bundled subset
+        ckpt = ckpt_dir / checkpoint_name(unit, recipe)
+        checkpoints[trial.number] = ckpt
+        job = _Job(trial, unit, recipe, ckpt)
+
+        def on_epoch(e: Epoch) -> None:
+            trial.report(getattr(e, metric), e.epoch)
+            job.reported.add(e.epoch)
+            job.history.append(dataclasses.asdict(e))
+            S.set_trial_attrs(trial, history=job.history)  # live: a report of a running study shows it
+            progress.on_epoch(unit, e)
+            if unit.kind == "search" and trial.should_prune():
+                raise optuna.TrialPruned(f"{metric.replace('_', ' ')} {getattr(e, metric):.4f} at epoch {e.epoch} is worse than the variant's median")
+
+        job.on_epoch = on_epoch
+        progress.on_trial(unit, schedule(recipe, len(data.train.labels)).epochs)
+        return job
+
+    def conclude(job: _Job, run: Callable[[], Any]) -> float:
+        """The trial's value from `run()`'s result, its attributes stored; or the failure, recorded."""
+        trial, unit, history = job.trial, job.unit, job.history
+        try:
+            result = run()
+        except optuna.TrialPruned:
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker took this trial for dead
+            raise
+        except stopping.Stop as stop:  # SIGINT / SIGTERM: not the unit's fault; retried at once, from its checkpoint
+            _mark_for_retry(trial, stop.kind, f"{stop.reason} after {len(job.reported)} epochs; the next run resumes it from its checkpoint")
+            raise
+        except CheckpointWriteError as exc:  # a full disk: stop the run, keep the last checkpoint
+            _mark_for_retry(trial, outcomes.STORAGE, str(exc))
+            raise stopping.Stop(f"{exc}; free space (or give --checkpoint-dir) and run the same command again: "
+                                "the run resumes from the last checkpoint", outcomes.STORAGE, 1) from None
+        except Exception as exc:
+            S.set_trial_attrs(trial, failure=" ".join(f"{type(exc).__name__}: {exc}".split())[:2000],
+                              failure_kind=outcomes.exception_kind(exc))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+        history[:] = [dataclasses.asdict(e) for e in result.history]  # restored epochs included
+        for e in result.history:  # epochs restored from a checkpoint were reported by the killed trial
+            if e.epoch not in job.reported:
+                trial.report(getattr(e, metric), e.epoch)
+        S.set_trial_attrs(
+            trial, params=result.params, macs=result.macs, history=history,
+            train_error=result.train_error, test_error=result.test_error,
+            val_error=result.final.val_error if result.final else None,
+            images_per_second=result.images_per_second, seconds=time.perf_counter() - job.start,
+            resumed_from=result.resumed_from,
+        )
+        if result.diverged:
+            S.set_trial_attrs(trial, failure=f"diverged: {result.reason}", failure_kind=outcomes.DIVERGED,
+                              diverged_epoch=result.diverged_epoch)
+            raise TrialFailed(result.reason)
+        if unit.kind == "final":  # a run at chance level is kept, but out of the means (ablate.tables)
+            flat = outcomes.did_not_learn(result.train_error, len(data.train), result.test_error, len(data.test), data.info.classes)
+            if flat is not None:
+                S.set_trial_attrs(trial, did_not_learn=flat)
+        return getattr(result.final, metric)
+
+    def objective(trial: optuna.Trial) -> float:
+        job = prepare(trial)
+        return conclude(job, lambda: train(job.unit.variant, job.recipe, data, device=dev, seed=job.unit.seed,
+                                           callback=job.on_epoch, checkpoint=job.ckpt, poll=stopping.check))
+
+    def train_group(jobs: list[_Job]) -> list[Any]:
+        """One fused network for the jobs (same variant and recipe): each one's Result or exception."""
+        return train_runs(jobs[0].unit.variant, jobs[0].recipe, data, seeds=[j.unit.seed for j in jobs], device=dev,
+                          callbacks=[j.on_epoch for j in jobs], checkpoints=[j.ckpt for j in jobs], poll=stopping.check)
+
+    def finished(trial: FrozenTrial) -> None:
+        # The trial is in the storage now; only then may its checkpoint go (a kill before this
+        # line leaves it for the next run to clean up, never a unit without either).
+        failpoints.reach("trial-complete")
+        ckpt = checkpoints.pop(trial.number, None)
+        if ckpt is not None and (trial.state != TrialState.FAIL or outcomes.is_own(outcomes.failure_kind(trial.state, trial.user_attrs))):
+            ckpt.unlink(missing_ok=True)
+        key = S.TrialAttrs.read(trial.user_attrs).unit
+        if key in by_key:
+            progress.on_finish(by_key[key], trial)
+
+    def candidates(plan: scheduling.Plan) -> list[S.Candidate]:
+        out = [_candidate(study, unit, dists, fixed_params(study, unit, None), "FAIL", worker, {
+            "failure_kind": outcomes.NO_RECIPE,
+            "failure": "no search trial of this variant completed, so there is no recipe to repeat"}) for unit in plan.impossible]
+        for r in plan.ready:
+            # Interrupted or killed: the same params, so its checkpoint resumes.
+            params = dict(r.previous.params) if r.previous is not None and r.previous.params else {}
+            if not params:
+                params = fixed_params(study, r.unit, dict(r.best.params) if r.best is not None else None)
+            out.append(_candidate(study, r.unit, dists, params, "RUNNING", worker))
+        return out
+
+    checkpoints: dict[int, Path] = {}
+    first = True
+    retry: dict[str, int] = {}  # with retry_failed: unit key -> the number of its failed trial, retried once
+    with stopping.deferred():
+        while True:
+            stopping.check()
+            _reap(ostudy, storage, grace)
+            records = S.records(ostudy.get_trials(deepcopy=False))
+            if first:
+                done = scheduling.unit_state(records).done
+                clean_checkpoints(ckpt_dir, set(done))
+                if retry_failed:
+                    retry = {k: r.number for k, r in scheduling.failed_units(records).items()}
+                progress.on_start(len(units), len(done) - len(retry))
+                first = False
+            plan = scheduling.plan(units, records, retry)
+            if plan.finished:
+                return ostudy
+            if plan.ready or plan.impossible:
+                failpoints.reach("plan")
+                offered = candidates(plan)
+                # Final runs of one variant are claimed together, up to the fused group's size.
+                size = fuse_size(fuse, plan.ready[0].unit.variant, study, dev) if plan.ready and plan.ready[0].unit.kind == "final" else 1
+                claimed = S.claim(storage, ostudy, offered, lambda rs: scheduling.plan(units, rs, retry).claimable, limit=size)
+                running = [tid for tid in claimed if ostudy._storage.get_trial(tid).state == TrialState.RUNNING]
+                if len(running) > 1:
+                    run_group(ostudy, storage, running, prepare, train_group, conclude, finished)
+                elif running:
+                    run_trial(ostudy, storage, running[0], objective, finished)
+                if claimed:
+                    continue
+            # Nothing to claim: units running elsewhere (or a killed worker's trial not yet stale).
+            progress.on_wait(len(plan.running))
+            _sleep(heartbeat_for(grace))
+
+
+def _physical_device(device: str) -> str:
+    """cuda:0 as the machine numbers it (CUDA_VISIBLE_DEVICES renumbers what a process sees)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not device.startswith("cuda:") or not visible:
+        return device
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    index = int(device.split(":", 1)[1])
+    return f"cuda:{ids[index]}" if index < len(ids) else device
+
+
+def _candidate(study: Study, unit: Unit, dists: dict[str, BaseDistribution], params: dict[str, Any], state: str,
+               worker: S.Worker, extra: dict[str, Any] | None = None) -> S.Candidate:
+    params = {k: v for k, v in params.items() if k in dists}
+    return S.Candidate(unit.key, state, params, {k: dists[k] for k in params},
+                       {**S.unit_attrs(unit, worker), **S.encode_trial_attrs(**(extra or {}))},
+                       group=f"{unit.variant.name}/final" if unit.kind == "final" else unit.key)
+
+
+class _Heartbeat:
+    """Optuna's heartbeat for a trial this worker runs: a thread that records it every interval."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int):
+        self._storage, self._trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        interval = self._storage.get_heartbeat_interval() or 1
+        while not self._stop.is_set():
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # a storage hiccup: the next beat tries again; a long one makes the trial stale
+                pass
+            self._stop.wait(interval)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_group(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, trial_ids: list[int], prepare, train_group,
+              conclude, finished: Callable[[FrozenTrial], None]) -> None:
+    """Run claimed trials together, as `run_trial` runs one: each has its own heartbeat, reports,
+    attributes and state, and `finished` is called for each. Trials of the same variant and recipe
+    train as one fused network (`train_group`); any other trial trains in a group of its own."""
+    trials = [optuna.Trial(ostudy, tid) for tid in trial_ids]
     told: list[tuple[optuna.Trial, TrialState, float | None, BaseException | None]] = []
     with contextlib.ExitStack() as beats:
-        for t in trials:
-            beats.enter_context(get_heartbeat_thread(t._trial_id, storage))
+        for tid in trial_ids:
+            beats.enter_context(_Heartbeat(storage, tid))
         jobs, outcome = [], {}
         for t in trials:
             try:
@@ -491,205 +602,73 @@ def _run_group(ostudy: optuna.Study, storage, prepare, train_group, conclude, fi
                 told.append((t, TrialState.FAIL, None, exc))
     raise_after = None
     for t, state, value, exc in told:
-        frozen = ostudy.tell(t, value, state=state) if state == TrialState.COMPLETE else ostudy.tell(t, state=state)
-        finished(ostudy, frozen)
+        try:
+            frozen = ostudy.tell(t, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        except Exception:  # e.g. a value Optuna refuses: the trial fails
+            frozen = ostudy.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+        finished(frozen)
         if isinstance(exc, KeyboardInterrupt) and raise_after is None:  # a stop: after every trial is told
             raise_after = exc
     if raise_after is not None:
         raise raise_after
 
 
-
-@dataclass
-class Progress:
-    """What the run reports as it goes; the CLI draws it (or not, when not on a terminal)."""
-
-    on_start: Callable[[int, int], None] = lambda total, done: None  # units in all, already done
-    on_trial: Callable[[Unit, int], None] = lambda unit, epochs: None  # a unit starts (epochs in it)
-    on_epoch: Callable[[Unit, Epoch], None] = lambda unit, epoch: None
-    on_finish: Callable[[Unit, FrozenTrial], None] = lambda unit, trial: None
-    on_wait: Callable[[int], None] = lambda running: None  # units running elsewhere; waiting for them
-
-
-def checkpoint_dir_for(storage_url: str) -> Path:
-    """Beside a SQLite file; under the user's cache for server storages."""
-    import sqlalchemy
-
-    parsed = sqlalchemy.engine.make_url(storage_url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        db = Path(parsed.database).expanduser().absolute()
-        return db.parent / f"{db.name}.checkpoints"
-    return Path("~/.cache/ablate/checkpoints").expanduser()
-
-
-def run_study(
-    study: Study,
-    storage_url: str = DEFAULT_STORAGE,
-    *,
-    device: str = "auto",
-    data_dir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: Progress | None = None,
-    download: bool = True,
-    grace: int = GRACE_SECONDS,
-    retry_failed: bool = False,
-    fuse: int | str = "auto",
-) -> optuna.Study:
-    """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
-
-    `grace`: seconds after which a RUNNING trial without heartbeat is taken for dead and retried.
-    `retry_failed`: also run once more every unit whose failure was its own (diverged, out of
-    memory, ...); units interrupted or killed are always retried. A SIGINT or SIGTERM (with
-    `stopping.handled()` in force) stops the run between steps with `stopping.Stop`, and so does a
-    checkpoint that cannot be written; the trial is marked for retry and its checkpoint kept.
-    `fuse`: train up to this many final runs of one variant at once as one fused network
-    (`fuse_size`, `ablate.train.train_runs`): an execution choice, not part of the study's
-    definition; each run is its own trial, stored as if it had run alone.
-    """
-    progress = progress or Progress()
-    dev = resolve_device(device)
-    check_fuse(fuse)
-    if grace < 2:
-        raise ValueError(f"--grace-period: {grace} is too short; use at least 2 seconds (default {GRACE_SECONDS})")
-    storage = storage_for_run(storage_url, grace)
-    ostudy = _create_or_check(study, storage)
-    # The data first: a missing dataset is an error before anything is trained.
-    data = load_data(study.dataset, study.recipe, device=dev, data_dir=data_dir, download=download)
-    units = study_units(study)
-    by_key = {u.key: u for u in units}
-    dists = distributions(study)
-    ckpt_root = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint_dir_for(storage_url)
-    ckpt_dir = ckpt_root / study.name
-    env = versions()
-    metric = objective_metric(study)
-
-    def prepare(trial: optuna.Trial) -> _Job:
-        unit = by_key[trial.user_attrs["unit"]]
-        params = {name: _suggest(trial, name, dists[name]) for name in param_keys(study, unit)}
-        recipe = trial_recipe(study, unit, params)
-        trial.set_user_attr("recipe", recipe_dict(recipe))
-        trial.set_user_attr("device", str(dev) if dev.type == "cpu" else f"{dev.type}:{torch.cuda.current_device()}")
-        trial.set_user_attr("versions", env)
-        trial.set_user_attr("data", data.source)  # the folder the files came from, or the bundled subset
-        ckpt = ckpt_dir / checkpoint_name(unit, recipe)
-        checkpoints[trial.number] = ckpt
-        job = _Job(trial, unit, recipe, ckpt)
-
-        def on_epoch(e: Epoch) -> None:
-            trial.report(getattr(e, metric), e.epoch)
-            job.reported.add(e.epoch)
-            job.history.append(dataclasses.asdict(e))
-            trial.set_user_attr("history", job.history)  # live: a report of a running study shows it
-            progress.on_epoch(unit, e)
-            if unit.kind == "search" and trial.should_prune():
-                raise optuna.TrialPruned(f"{metric.replace('_', ' ')} {getattr(e, metric):.4f} at epoch {e.epoch} is worse than the variant's median")
-
-        job.on_epoch = on_epoch
-        progress.on_trial(unit, schedule(recipe, len(data.train.labels)).epochs)
-        return job
-
-    def conclude(job: _Job, run: Callable[[], Any]) -> float:
-        """The trial's value from `run()`'s result, its attributes stored; or the failure, recorded."""
-        trial, unit, history = job.trial, job.unit, job.history
+def run_trial(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: int,
+              objective: Callable[[optuna.Trial], float], finished: Callable[[FrozenTrial], None]) -> FrozenTrial:
+    """Run a claimed trial to its end, as `Study.optimize` would (heartbeat, pruning, failures),
+    but on this trial: Optuna's optimize takes whichever trial is queued, which is what makes
+    two workers run one unit. Exceptions are recorded as FAIL; a Stop is recorded, then raised."""
+    trial = optuna.Trial(ostudy, trial_id)
+    value: float | None = None
+    state = TrialState.COMPLETE
+    stop: BaseException | None = None
+    with _Heartbeat(storage, trial_id):
         try:
-            result = run()
+            value = objective(trial)
         except optuna.TrialPruned:
-            raise
-        except stopping.Stop as stop:  # SIGINT / SIGTERM: not the unit's fault; retried at once, from its checkpoint
-            _mark_for_retry(trial, stop.kind, f"{stop.reason} after {len(job.reported)} epochs; the next run resumes it from its checkpoint")
-            raise
-        except CheckpointWriteError as exc:  # a full disk: stop the run, keep the last checkpoint
-            _mark_for_retry(trial, outcomes.STORAGE, str(exc))
-            raise stopping.Stop(f"{exc}; free space (or give --checkpoint-dir) and run the same command again: "
-                                "the run resumes from the last checkpoint", outcomes.STORAGE, 1) from None
-        except Exception as exc:
-            trial.set_user_attr(outcomes.FAILURE, " ".join(f"{type(exc).__name__}: {exc}".split())[:2000])
-            trial.set_user_attr(outcomes.FAILURE_KIND, outcomes.exception_kind(exc))
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            raise
-        history[:] = [dataclasses.asdict(e) for e in result.history]  # restored epochs included
-        for e in result.history:  # epochs restored from a checkpoint were reported by the killed trial
-            if e.epoch not in job.reported:
-                trial.report(getattr(e, metric), e.epoch)
-        attrs = {
-            "params": result.params, "macs": result.macs, "history": history,
-            "train_error": result.train_error, "test_error": result.test_error,
-            "val_error": result.final.val_error if result.final else None,
-            "images_per_second": result.images_per_second, "seconds": time.perf_counter() - job.start,
-            "resumed_from": result.resumed_from,
-        }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        if result.diverged:
-            trial.set_user_attr(outcomes.FAILURE, f"diverged: {result.reason}")
-            trial.set_user_attr(outcomes.FAILURE_KIND, outcomes.DIVERGED)
-            trial.set_user_attr("diverged_epoch", result.diverged_epoch)
-            raise TrialFailed(result.reason)
-        if unit.kind == "final":  # a run at chance level is kept, but out of the means (ablate.tables)
-            flat = outcomes.did_not_learn(result.train_error, len(data.train), result.test_error, len(data.test), data.info.classes)
-            if flat is not None:
-                trial.set_user_attr(outcomes.DID_NOT_LEARN, flat)
-        return getattr(result.final, metric)
+            state = TrialState.PRUNED
+        except KeyboardInterrupt as exc:  # stopping.Stop, or a Ctrl-C without ablate's handler
+            state, stop = TrialState.FAIL, exc
+        except Exception:
+            state = TrialState.FAIL
+    try:
+        frozen = ostudy.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+    except Exception:  # e.g. a value Optuna refuses: the trial fails
+        frozen = ostudy.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if frozen.state != state and stop is None:
+        import logging
 
-    def objective(trial: optuna.Trial) -> float:
-        job = prepare(trial)
-        return conclude(job, lambda: train(job.unit.variant, job.recipe, data, device=dev, seed=job.unit.seed,
-                                           callback=job.on_epoch, checkpoint=job.ckpt, poll=stopping.check))
+        logging.getLogger("ablate").warning(
+            f"trial {frozen.number} ({S.TrialAttrs.read(frozen.user_attrs).unit}) was taken for dead by another worker "
+            f"(no heartbeat for the grace period) and its unit retried there; this worker's result is not kept")
+    finished(frozen)
+    if stop is not None:
+        raise stop
+    return frozen
 
-    def train_group(jobs: list[_Job]) -> list[Any]:
-        """One fused network for the jobs (same variant and recipe): each one's Result or exception."""
-        return train_runs(jobs[0].unit.variant, jobs[0].recipe, data, seeds=[j.unit.seed for j in jobs], device=dev,
-                          callbacks=[j.on_epoch for j in jobs], checkpoints=[j.ckpt for j in jobs], poll=stopping.check)
 
-    def finished(_: optuna.Study, trial: FrozenTrial) -> None:
-        # The trial is in the storage now; only then may its checkpoint go (a kill before this
-        # line leaves it for the next run to clean up, never a unit without either).
-        failpoints.reach("trial-complete")
-        ckpt = checkpoints.pop(trial.number, None)
-        if ckpt is not None and (trial.state != TrialState.FAIL or outcomes.is_own(outcomes.failure_kind(trial.state, trial.user_attrs))):
-            ckpt.unlink(missing_ok=True)
-        if trial.user_attrs.get("unit") in by_key:
-            progress.on_finish(by_key[trial.user_attrs["unit"]], trial)
-
-    checkpoints: dict[int, Path] = {}
-    first = True
-    retry: dict[str, int] = {}  # with retry_failed: unit key -> the number of its failed trial, retried once
-    with stopping.deferred():
-        while True:
-            stopping.check()
-            _fail_unbeaten(ostudy, storage, grace)
-            _quiet_experimental(optuna.storages.fail_stale_trials)(ostudy)  # a killed run's trials: FAIL, and a WAITING retry
-            trials = ostudy.get_trials(deepcopy=False)
-            state = unit_state(trials)
-            if first:
-                clean_checkpoints(ckpt_dir, state)
-                if retry_failed:
-                    retry = {k: t.number for k, t in failed_units(trials).items()}
-                progress.on_start(len(units), len(state.done) - len(retry))
-                first = False
-            group = functools.partial(_run_group, ostudy, storage, prepare, train_group, conclude, finished)
-            if not _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace,
-                         lambda unit: fuse_size(fuse, unit.variant, study, dev), group):
-                return ostudy
+def _reap(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, grace: int) -> None:
+    """Dead workers' trials: FAIL, so that their units are claimed again. Optuna's heartbeat
+    finds those whose heartbeat went stale (an atomic update: one worker wins, the rest find it
+    failed); `_fail_unbeaten` those that never beat."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(ostudy)
+    _fail_unbeaten(ostudy, storage, grace)
 
 
 def _fail_unbeaten(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, grace: int) -> None:
-    """Optuna's heartbeat only finds trials that beat once: a process killed between taking a trial
-    (RUNNING) and its first heartbeat leaves one that never goes stale, and every later run would
-    wait for it. Such a trial, older than the grace period, is failed here (then retried as killed)."""
+    """Optuna's heartbeat only finds trials that beat once. A trial taken outside ablate's claim
+    (which records a first heartbeat with the trial) by a process killed before its first beat
+    would never go stale, and every later run would wait for it. Such a trial, older than the
+    grace period, is failed here (then retried as killed)."""
     now = datetime.datetime.now()  # Optuna stores datetime_start in local time
     old = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
            if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace]
     if not old:
         return
-    try:  # Optuna keeps heartbeats in its own table; there is no public way to ask for them
-        from optuna.storages._rdb.models import TrialHeartbeatModel
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(storage.scoped_session) as session:
-            ids = [t._trial_id for t in old]
-            beaten = {tid for (tid,) in session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(ids))}
+    try:
+        beaten = set(S.heartbeats(storage, [t._trial_id for t in old]))
     except Exception:  # another Optuna: leave it to the heartbeat
         return
     for t in old:
@@ -701,46 +680,7 @@ def _fail_unbeaten(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, gr
 
 
 def _mark_for_retry(trial: optuna.Trial, kind: str, reason: str) -> None:
-    trial.set_user_attr(outcomes.FAILURE_KIND, kind)
-    trial.set_user_attr(outcomes.FAILURE, reason)
-
-
-def _step(ostudy, study, units, trials, state, retry, dists, objective, finished, progress, grace,
-          fuse=lambda unit: 1, run_group=None) -> bool:
-    """Queue and run the next unit (or group of units, `pick_group`), or wait for units running
-    elsewhere; False when all are done."""
-    done = {k for k, t in state.done.items() if retry.get(k) != t.number}
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    busy = {t.user_attrs.get("unit") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
-    pending = [u for u in units if u.key not in done and u.key not in busy]
-    runnable = [u for u in pending if u.kind == "search" or _search_finished(u, units, done)]
-    if not waiting and runnable:  # nothing queued: queue the next unit, or group of units
-        group = pick_group(runnable, fuse(runnable[0]))
-        for unit in group:
-            previous = state.interrupted.get(unit.key)
-            # Interrupted or killed: the same params, so its checkpoint resumes (a trial killed before its
-            # objective ran has no params yet: those it was enqueued with, in Optuna's `fixed_params`).
-            params = {**previous.system_attrs.get("fixed_params", {}), **previous.params} if previous is not None else {}
-            if not params:
-                best = best_search_trial(trials, unit.variant.name) if unit.kind == "final" and study.search else None
-                if unit.kind == "final" and study.search and best is None:
-                    _record_impossible(ostudy, study, unit, dists)
-                    return True
-                params = fixed_params(study, unit, best.params if best else None)
-            ostudy.enqueue_trial(params, user_attrs={
-                "unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index, "seed": unit.seed,
-            })
-        if len(group) > 1 and run_group is not None:
-            run_group(len(group))
-            return True
-    if waiting or runnable:  # run the oldest queued trial, whichever process queued it
-        ostudy.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[finished])
-        return True
-    if state.in_flight:  # running elsewhere (or a killed run's trial not yet stale): wait
-        progress.on_wait(len(state.in_flight))
-        _sleep(heartbeat_for(grace))
-        return True
-    return False
+    S.set_trial_attrs(trial, failure_kind=kind, failure=reason)
 
 
 def _sleep(seconds: float) -> None:
@@ -749,22 +689,6 @@ def _sleep(seconds: float) -> None:
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(0.25, left))
         stopping.check()
-
-
-def _search_finished(unit: Unit, units: list[Unit], done: set[str]) -> bool:
-    """A variant's final runs wait for all of its search trials."""
-    return all(u.key in done for u in units if u.variant == unit.variant and u.kind == "search")
-
-
-def _record_impossible(ostudy: optuna.Study, study: Study, unit: Unit, dists: dict[str, BaseDistribution]) -> None:
-    """Every search trial of a variant failed: its final runs are recorded as failed, with why."""
-    params = fixed_params(study, unit, None)
-    ostudy.add_trial(optuna.trial.create_trial(
-        state=TrialState.FAIL, params=params, distributions={k: dists[k] for k in params},
-        user_attrs={"unit": unit.key, "variant": unit.variant.name, "kind": unit.kind, "index": unit.index,
-                    "seed": unit.seed, outcomes.FAILURE_KIND: outcomes.NO_RECIPE,
-                    outcomes.FAILURE: "no search trial of this variant completed, so there is no recipe to repeat"},
-    ))
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -777,38 +701,43 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
 
 
 def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    """The study's Optuna study, created with its attributes, or checked against them: a study
+    file may grow a stored study (more variants, more seeds: only the new units run), never
+    change what a stored unit means (ablate.storage.growth)."""
     ostudy = optuna.create_study(
         study_name=study.name, storage=storage, direction="minimize", load_if_exists=True,
         sampler=_sampler(study), pruner=_pruner(study),
     )
     mine = definition(study)
-    stored = ostudy.user_attrs.get("definition")
-    if stored is None:
-        from ablate.models import measure
-
-        rows = []
-        for spec in study.variants:
-            params, macs = measure(spec, study.info if study.recipe.resize is None else dataclasses.replace(study.info, size=study.recipe.resize))
-            rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs,
-                         "train": study.overrides.get(spec.name, {})})
-        attrs = {
-            "ablate_version": __version__, "study_file": study.source, "study_path": study.path,
-            "description": study.description, "dataset": study.dataset, "definition": mine,
-            "variants": rows, "recipe": recipe_dict(study.recipe),
-            "search": study.search.describe() if study.search else None,
-            "seeds": study.seeds, "first_seed": study.first_seed, "units": len(study_units(study)),
-            "objective": objective_metric(study),
-        }
-        for k, v in attrs.items():
-            ostudy.set_user_attr(k, v)
-    elif stored != mine:
-        old, new = json.loads(stored), json.loads(mine)
-        differs = ", ".join(k for k in sorted(new) if old.get(k) != new.get(k))
-        raise DriverError(
-            f"the storage already holds a study named {study.name!r} made from a different study file "
-            f"(it differs in: {differs}); rename the study (name = ...) or use another --storage"
-        )
+    stored = S.StudyAttrs.read(ostudy.user_attrs).definition
+    if stored is not None:
+        why, grows = S.growth(stored, mine)
+        if why is not None:
+            raise DriverError(
+                f"the storage already holds a study named {study.name!r} made from a different study file "
+                f"({why}); a study may only grow (more variants, more seeds); rename the study (name = ...) "
+                "or use another --storage"
+            )
+        if not grows:
+            return ostudy
+    study_attrs(study).write(ostudy)  # new, or grown: every worker writes the same values
     return ostudy
+
+
+def study_attrs(study: Study) -> S.StudyAttrs:
+    from ablate.models import measure
+
+    rows = []
+    for spec in study.variants:
+        params, macs = measure(spec, study.info if study.recipe.resize is None else dataclasses.replace(study.info, size=study.recipe.resize))
+        rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs,
+                     "train": study.overrides.get(spec.name, {})})
+    return S.StudyAttrs(
+        ablate_version=__version__, study_file=study.source, study_path=study.path, description=study.description,
+        dataset=study.dataset, definition=definition(study), variants=rows, recipe=recipe_dict(study.recipe),
+        search=study.search.describe() if study.search else None, seeds=study.seeds, first_seed=study.first_seed,
+        units=len(study_units(study)), objective=objective_metric(study),
+    )
 
 
 # ---------------------------------------------------------------- summaries (run, show, ls)
@@ -817,12 +746,32 @@ def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optun
 def study_progress(ostudy: optuna.Study) -> dict[str, Any]:
     trials = ostudy.get_trials(deepcopy=False)
     state = unit_state(trials)
+    attrs = S.StudyAttrs.read(ostudy.user_attrs)
     return {
-        "study": ostudy.study_name, "dataset": ostudy.user_attrs.get("dataset"),
-        "variants": len(ostudy.user_attrs.get("variants", [])),
-        "done": len(state.done), "units": ostudy.user_attrs.get("units"),
+        "study": ostudy.study_name, "dataset": attrs.dataset,
+        "variants": len(attrs.variants or []),
+        "done": len(state.done), "units": attrs.units,
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "failed": len(failed_units(trials)),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "started": min((t.datetime_start for t in trials if t.datetime_start), default=None),
     }
+
+
+def running_trials(ostudy: optuna.Study, storage: optuna.storages.RDBStorage) -> list[dict[str, Any]]:
+    """The study's RUNNING trials with their worker (host, pid, device), epochs done and the age
+    of their last heartbeat in seconds (None: none recorded)."""
+    running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    try:
+        beats = S.heartbeats(storage, [t._trial_id for t in running]) if running else {}
+    except Exception:
+        beats = {}
+    now = beats.get(-1)
+    rows = []
+    for t in running:
+        a = S.TrialAttrs.read(t.user_attrs)
+        beat = beats.get(t._trial_id)
+        age = (now - beat).total_seconds() if now is not None and beat is not None else None
+        rows.append({"number": t.number, "unit": a.unit, "worker": a.worker, "epochs": len(a.history or []),
+                     "started": t.datetime_start, "heartbeat_age": age})
+    return rows

@@ -2,10 +2,13 @@
 
 The pattern of etcd's gofail and FoundationDB's simulation: the code names its delicate moments
 (half a checkpoint written, a trial recorded but its checkpoint not yet removed, a report written
-but not yet in place), and a test asks the process to stop at one. With `ABLATE_FAILPOINT=name`
-(or `name:N`, the N-th time) the process sends itself SIGSTOP when it gets there, and the test
+but not yet in place, a unit's claim holding the database lock), and a test asks the process to stop at one. With `ABLATE_FAILPOINT=name`
+(or `name:N`, the N-th time; several separated by commas) the process sends itself SIGSTOP when it gets there, and the test
 harness SIGKILLs it while it is stopped: a real kill of a real process, at a moment a timer could
-not hit. Without the variable, `reach` returns at once and nothing changes.
+not hit. `storage-open` (just before a worker opens its storage) and `plan` (a worker has planned and is
+about to claim) serve as starting gates: a test stops every worker there and continues them all
+at once. Without the variable, `reach` returns
+at once and nothing changes.
 """
 
 from __future__ import annotations
@@ -14,18 +17,25 @@ import os
 import signal
 
 ENV = "ABLATE_FAILPOINT"
-POINTS = ("checkpoint-write", "trial-complete", "report-write")
+POINTS = ("checkpoint-write", "trial-complete", "report-write", "storage-open", "plan", "claim")
 
-_spec = os.environ.get(ENV, "")
-_point, _, _nth = _spec.partition(":")
-_count = 0
+def _parse(spec: str) -> dict[str, int]:
+    """"name" or "name:N", several separated by commas: point -> the time it stops there."""
+    out = {}
+    for part in filter(None, spec.split(",")):
+        name, _, nth = part.partition(":")
+        out[name] = int(nth or 1)
+    return out
+
+
+_points = _parse(os.environ.get(ENV, ""))
+_counts: dict[str, int] = {}
 
 
 def reach(name: str) -> None:
     """Mark the moment `name` (one of POINTS); stops this process there if a test asked for it."""
-    global _count
-    if name != _point:
+    if name not in _points:
         return
-    _count += 1
-    if _count == int(_nth or 1):
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] == _points[name]:
         os.kill(os.getpid(), signal.SIGSTOP)

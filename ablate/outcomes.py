@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: Trial user attributes.
-FAILURE = "failure"  # why it failed, one line
-FAILURE_KIND = "failure_kind"  # one of KINDS
-DID_NOT_LEARN = "did_not_learn"  # on a COMPLETE final run whose training error stayed at chance: why
+from ablate.storage import trial_key
+
+#: Trial user attributes (their names are ablate.storage's).
+FAILURE = trial_key("failure")  # why it failed, one line
+FAILURE_KIND = trial_key("failure_kind")  # one of KINDS
+DID_NOT_LEARN = trial_key("did_not_learn")  # on a COMPLETE final run whose training error stayed at chance: why
 
 # The unit's own failures: not retried unless asked.
 DIVERGED = "diverged"  # the loss became NaN or Inf

@@ -35,6 +35,7 @@ from plotly.subplots import make_subplots
 
 from ablate import failpoints, stats
 from ablate import tables as T
+from ablate.storage import StudyAttrs, flat, safe_url
 from ablate.tables import ReportError
 from ablate.variants import human
 
@@ -65,7 +66,7 @@ class ReportData:
     """Everything the page shows, as tables; `collect` reads it from a study."""
 
     name: str
-    attrs: dict[str, Any]
+    attrs: StudyAttrs
     storage: str  # without its password
     trials: pd.DataFrame
     epochs: pd.DataFrame
@@ -76,16 +77,17 @@ class ReportData:
 
     @property
     def dataset(self) -> str:
-        return str(self.attrs.get("dataset") or "")
+        return str(self.attrs.dataset or "")
 
 
 def collect(study, storage: str = "") -> ReportData:
     trials = T.trials_table(study)
     epochs = T.epochs_table(study)
-    searched = T.searched_keys(study.user_attrs, trials)
-    summary = T.variant_summary(trials, study.user_attrs.get("variants"), searched)
-    dataset = str(study.user_attrs.get("dataset") or "")
-    return ReportData(study.study_name, dict(study.user_attrs), T.safe_url(storage) if storage else "",
+    attrs = StudyAttrs.read(study.user_attrs)
+    searched = T.searched_keys(attrs, trials)
+    summary = T.variant_summary(trials, attrs.variants, searched)
+    dataset = str(attrs.dataset or "")
+    return ReportData(study.study_name, attrs, safe_url(storage) if storage else "",
                       trials, epochs, summary, T.verdicts(summary, dataset, T.samples(trials, T.recipes_of(study))), searched,
                       points=T.points_table(study))
 
@@ -471,7 +473,7 @@ def _verdict_html(data: ReportData) -> str:
 
 def _progress(data: ReportData) -> str:
     t = data.trials
-    units = data.attrs.get("units")
+    units = data.attrs.units
     # A unit is finished as the driver counts it: COMPLETE, PRUNED, or FAIL with a reason (not interrupted).
     ended = t["state"].isin(["COMPLETE", "PRUNED"]) | (t["state"].eq("FAIL") & ~t["interrupted"].astype(bool))
     finished = int(t.loc[ended, "unit"].nunique()) if len(t) else 0
@@ -544,25 +546,25 @@ def _provenance_html(data: ReportData) -> str:
     started = t["started"].dropna().min() if len(t) else None
     completed = t["completed"].dropna().max() if len(t) else None
     items = [
-        ("study", data.name), ("description", a.get("description")), ("dataset", a.get("dataset")),
-        ("study file", a.get("study_path")), ("storage", data.storage), ("ablate version", a.get("ablate_version")),
+        ("study", data.name), ("description", a.description), ("dataset", a.dataset),
+        ("study file", a.study_path), ("storage", data.storage), ("ablate version", a.ablate_version),
         ("devices", ", ".join(devices) or "-"), ("data", "; ".join(sources) or "-"), ("versions", "; ".join(versions) or "-"),
         ("first trial started", "-" if _nan(started) or started is None else str(started)[:19]),
         ("last trial finished", "-" if _nan(completed) or completed is None else str(completed)[:19]),
-        ("seeds per variant", a.get("seeds")), ("units", a.get("units")),
+        ("seeds per variant", a.seeds), ("units", a.units),
         ("report generated", dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")),
     ]
     rows = "".join(f"<tr><th>{esc(k)}</th><td class=\"wrap\">{esc('-' if v is None else v)}</td></tr>" for k, v in items)
     out = f"<table>{rows}</table>"
-    recipe = a.get("recipe")
+    recipe = a.recipe
     if isinstance(recipe, dict) and recipe:
-        out += "<h3>Recipe</h3>" + _table(pd.DataFrame([{k: T._scalar(v) for k, v in recipe.items()}]))
-    if a.get("search"):
-        out += f"<h3>Search</h3><pre>{esc(json.dumps(a.get('search'), indent=2, sort_keys=True, default=str))}</pre>"
-    if a.get("study_file"):
-        out += f"<h3>Study file</h3><pre>{esc(a.get('study_file'))}</pre>"
-    if a.get("definition"):
-        out += f"<details><summary>Definition (what decides the results)</summary><pre>{esc(a.get('definition'))}</pre></details>"
+        out += "<h3>Recipe</h3>" + _table(pd.DataFrame([{k: flat(v) for k, v in recipe.items()}]))
+    if a.search:
+        out += f"<h3>Search</h3><pre>{esc(json.dumps(a.search, indent=2, sort_keys=True, default=str))}</pre>"
+    if a.study_file:
+        out += f"<h3>Study file</h3><pre>{esc(a.study_file)}</pre>"
+    if a.definition:
+        out += f"<details><summary>Definition (what decides the results)</summary><pre>{esc(a.definition)}</pre></details>"
     return out
 
 
@@ -637,7 +639,7 @@ def render(data: ReportData) -> str:
     if data.searched:
         sens = T.sensitivity(data.trials, data.searched)
         if len(sens):
-            search = data.attrs.get("search") or {}
+            search = data.attrs.search or {}
             space = search.get("space", {}) if isinstance(search, dict) else {}
             body = figure(fig_sensitivity(sens, data.searched, space))
             body += ('<p class="note">Search trials all use seed 0, so variants are compared on the same initialisation. '
@@ -662,7 +664,7 @@ def render(data: ReportData) -> str:
     csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data: blob:; "
            "font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'")
     nav = " ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t, _ in sections)
-    desc = data.attrs.get("description") or ""
+    desc = data.attrs.description or ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'

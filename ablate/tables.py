@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -27,8 +25,12 @@ import optuna
 import pandas as pd
 
 from ablate import outcomes, stats
+from ablate.scheduling import selection_error
+from ablate.storage import StudyAttrs, TrialAttrs, axis_values, flat, number, one_line, safe_url, spec_from_params, sqlite_path
+from ablate.variants import AXES
 
-AXES = ("connection", "activation", "block", "depth", "shortcut", "stem", "width", "blocks")
+#: The axes as columns of per-epoch and per-point rows (blocks follow from depth but where given).
+CURVE_AXES = tuple(a for a in AXES if a != "blocks")
 #: Axes a family holds fixed: variants of one family differ only in depth (and connection).
 FAMILY_AXES = ("activation", "block", "stem", "width")
 PERCENT = 100.0
@@ -41,35 +43,10 @@ class ReportError(Exception):
 # --------------------------------------------------------------------------- opening a study
 
 
-def safe_url(storage: str) -> str:
-    """The storage URL without its password, for messages and the provenance section."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(storage).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: show it without anything that looks like user:password@
-        return re.sub(r"//[^/@]*@", "//***@", storage)
-
-
-def one_line(exc: BaseException) -> str:
-    """A storage error in one line: the database's own message, without SQLAlchemy's SQL text and link."""
-    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's exception
-    text = str(orig if orig is not None else exc).strip()
-    text = re.split(r"\n|\[SQL: |\(Background on this error at", text)[0].strip()
-    return text or type(exc).__name__
-
-
-def _sqlite_path(storage: str) -> Path | None:
-    if not storage.startswith("sqlite:///"):
-        return None
-    path = storage[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 def open_study(study_name: str, storage: str) -> optuna.Study:
     """Load a study for reading. A missing SQLite file or study is a ReportError, never a new one."""
     url = safe_url(storage)
-    path = _sqlite_path(storage)
+    path = sqlite_path(storage)
     if path is not None and not path.is_file():
         raise ReportError(f"storage {url}: no such SQLite file ({path}); run the study first or give --storage")
     try:
@@ -85,51 +62,15 @@ def open_study(study_name: str, storage: str) -> optuna.Study:
 # --------------------------------------------------------------------------- per trial
 
 
-def _blocks_text(blocks: Any) -> str | None:
-    if blocks is None:
-        return None
-    if isinstance(blocks, (list, tuple)):
-        return "-".join(str(b) for b in blocks)
-    return str(blocks)
+_axes = axis_values
+_number = number
 
 
-def _axes(values: dict[str, Any]) -> dict[str, Any]:
-    """The variant axes of a `variants` entry or of trial params, normalised: a plain net's
-    shortcut is "none" (as in the params), blocks are "3-3-3"."""
-    out = {a: values.get(a) for a in AXES}
-    if out["shortcut"] in (None, "", "-"):
-        out["shortcut"] = "none"
-    out["blocks"] = _blocks_text(out["blocks"])
-    for key in ("depth", "width"):
-        if out[key] is not None:
-            try:
-                out[key] = int(out[key])
-            except (TypeError, ValueError):
-                pass
-    return out
-
-
-def _number(x: Any) -> float:
-    """A stored number as float; None, strings and the like become NaN."""
-    if isinstance(x, bool):
-        return float(x)
-    if isinstance(x, (int, float)):
-        return float(x)
-    return math.nan
-
-
-def _variant_name(ua: dict[str, Any], params: dict[str, Any], number: int) -> str:
-    if ua.get("variant"):
-        return str(ua["variant"])
+def _variant_name(a: TrialAttrs, params: dict[str, Any], number: int) -> str:
+    if a.variant:
+        return str(a.variant)
     try:  # a trial written by something else: name it from its axes, as the driver would
-        from ablate.variants import make_variant
-
-        axes = {a: params[a] for a in AXES if a in params}
-        if axes.get("shortcut") == "none":
-            axes["shortcut"] = None
-        if isinstance(axes.get("blocks"), str):
-            axes["blocks"] = [int(b) for b in axes["blocks"].split("-")]
-        return make_variant(axes).name
+        return spec_from_params(params).name
     except Exception:
         return f"trial-{number}"
 
@@ -138,13 +79,7 @@ def _hyperparameters(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in AXES and k != "seed"}
 
 
-def _scalar(v: Any) -> Any:
-    """Lists and dicts (e.g. milestones) as text, so every column is one plain type."""
-    if isinstance(v, (list, tuple)):
-        return ",".join(map(str, v))
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={v[k]}" for k in v)
-    return v
+_scalar = flat  # one encoding of lists and dicts as one plain value, as the driver stores params
 
 
 TRIAL_COLUMNS = (
@@ -152,14 +87,19 @@ TRIAL_COLUMNS = (
     "train_error", "test_error", "val_error", *AXES, "params", "macs",
     "epochs_done", "last_value", "images_per_second", "seconds", "seconds_per_epoch",
     "device", "data", "versions", "failure", "diverged_epoch", "interrupted", "started", "completed",
-    "failure_kind", "did_not_learn",
+    "failure_kind", "did_not_learn", "worker",
 )
 
 
-def objective(study_attrs: dict[str, Any]) -> str:
+def objective(study_attrs: dict[str, Any] | StudyAttrs) -> str:
     """What a trial's `value` and intermediate values measure: `val_error` in a searched study
     (the search never sees the test set), `test_error` otherwise (the driver's objective_metric)."""
-    return str(study_attrs.get("objective") or "test_error")
+    return StudyAttrs.read(study_attrs).metric
+
+
+def _kind(a: TrialAttrs, study: StudyAttrs) -> str | None:
+    """A trial's kind; in a study without a search every trial is a final run."""
+    return a.kind or ("final" if not study.search else None)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -172,56 +112,58 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     learned nothing (its errors stay out of the means), else None. Hyperparameters (the trial params that are not
     axes or the seed: `lr`, `weight_decay`, ...) follow the fixed columns.
     """
-    variants = {v.get("name"): v for v in (study.user_attrs.get("variants") or []) if isinstance(v, dict)}
+    sa = StudyAttrs.read(study.user_attrs)
+    variants = sa.variant_entries()
     rows: list[dict[str, Any]] = []
     hp_keys: dict[str, None] = {}
     for t in study.get_trials(deepcopy=False):
         ua, params = t.user_attrs, t.params
-        name = _variant_name(ua, params, t.number)
+        a = TrialAttrs.read(ua)
+        name = _variant_name(a, params, t.number)
         spec = variants.get(name)
         axes = _axes(spec if spec is not None else params)
-        history = [h for h in (ua.get("history") or []) if isinstance(h, dict)]
+        history = a.history or []
         steps = sorted(t.intermediate_values)
         epochs_done = len(history) or len(steps)
-        seconds = _number(ua.get("seconds"))
+        seconds = _number(a.seconds)
         hist_seconds = [_number(h.get("seconds")) for h in history]
         per_epoch = (float(np.nansum(hist_seconds)) / len(history) if history and not all(map(math.isnan, hist_seconds))
                      else seconds / epochs_done if epochs_done else math.nan)
         state = t.state.name
-        failure = ua.get(outcomes.FAILURE)
         kind = outcomes.failure_kind(state, ua)
         row = {
             "number": t.number,
             "variant": name,
-            "unit": ua.get("unit"),
-            "kind": ua.get("kind") or ("final" if not study.user_attrs.get("search") else None),
-            "index": ua.get("index"),
-            "seed": ua.get("seed", params.get("seed")),
+            "unit": a.unit,
+            "kind": _kind(a, sa),
+            "index": a.index,
+            "seed": a.seed if a.seed is not None else params.get("seed"),
             "state": state,
             "value": t.value if t.values else math.nan,
-            "train_error": _number(ua.get("train_error")),
-            "test_error": _number(ua.get("test_error")),
-            "val_error": _number(ua.get("val_error")),
+            "train_error": _number(a.train_error),
+            "test_error": _number(a.test_error),
+            "val_error": _number(a.val_error),
             **axes,
-            "params": _number(spec.get("params") if spec and spec.get("params") is not None else ua.get("params")),
-            "macs": _number(spec.get("macs") if spec and spec.get("macs") is not None else ua.get("macs")),
+            "params": _number(spec.get("params") if spec and spec.get("params") is not None else a.params),
+            "macs": _number(spec.get("macs") if spec and spec.get("macs") is not None else a.macs),
             "epochs_done": epochs_done,
             "last_value": float(t.intermediate_values[steps[-1]]) if steps else math.nan,
-            "images_per_second": _number(ua.get("images_per_second")),
+            "images_per_second": _number(a.images_per_second),
             "seconds": seconds,
             "seconds_per_epoch": per_epoch,
-            "device": ua.get("device"),
-            "data": ua.get("data"),
-            "versions": json.dumps(ua["versions"], sort_keys=True) if ua.get("versions") else None,
-            "failure": None if failure is None else str(failure),
-            "diverged_epoch": ua.get("diverged_epoch"),
+            "device": a.device,
+            "data": a.data,
+            "versions": json.dumps(a.versions, sort_keys=True) if a.versions else None,
+            "failure": None if a.failure is None else str(a.failure),
+            "diverged_epoch": a.diverged_epoch,
             "interrupted": state == "FAIL" and not outcomes.is_own(kind),
             "started": t.datetime_start,
             "completed": t.datetime_complete,
             "failure_kind": kind,
-            "did_not_learn": _flag(ua, state),
+            "did_not_learn": _flag(a, state),
+            "worker": None if a.worker is None else str(a.worker),
         }
-        if state == "COMPLETE" and math.isnan(row["test_error"]) and objective(study.user_attrs) == "test_error":
+        if state == "COMPLETE" and math.isnan(row["test_error"]) and sa.metric == "test_error":
             row["test_error"] = row["value"]
         for k, v in _hyperparameters(params).items():
             key = k if k not in TRIAL_COLUMNS else f"param_{k}"
@@ -234,8 +176,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return df
 
 
-def _flag(ua: dict[str, Any], state: str) -> str | None:
-    reason = ua.get(outcomes.DID_NOT_LEARN)
+def _flag(a: TrialAttrs, state: str) -> str | None:
+    reason = a.did_not_learn
     return str(reason) if reason and state == "COMPLETE" else None
 
 
@@ -244,6 +186,15 @@ def hyperparameter_columns(trials: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------- per epoch
+
+
+def _base_row(t: optuna.trial.FrozenTrial, sa: StudyAttrs, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What every per-epoch and per-point row of a trial starts with: which trial, which variant."""
+    a = TrialAttrs.read(t.user_attrs)
+    name = _variant_name(a, t.params, t.number)
+    axes = _axes(variants.get(name) or t.params)
+    return {"number": t.number, "variant": name, "kind": _kind(a, sa), "seed": a.seed if a.seed is not None else t.params.get("seed"),
+            "state": t.state.name, **{x: axes[x] for x in CURVE_AXES}, "did_not_learn": _flag(a, t.state.name)}
 
 EPOCH_FIELDS = ("train_loss", "train_error", "test_error", "val_error", "lr", "seconds", "images_per_second")
 
@@ -255,19 +206,13 @@ def epochs_table(study: optuna.Study) -> pd.DataFrame:
     A trial still running has no `history` yet: its rows come from the intermediate values
     (test error only), so the curves of a running study show what is known.
     """
-    variants = {v.get("name"): v for v in (study.user_attrs.get("variants") or []) if isinstance(v, dict)}
+    sa = StudyAttrs.read(study.user_attrs)
+    variants = sa.variant_entries()
     rows: list[dict[str, Any]] = []
     stages: dict[str, None] = {}
     for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        name = _variant_name(ua, t.params, t.number)
-        axes = _axes(variants.get(name) or t.params)
-        base = {
-            "number": t.number, "variant": name, "kind": ua.get("kind") or ("final" if not study.user_attrs.get("search") else None),
-            "seed": ua.get("seed", t.params.get("seed")), "state": t.state.name,
-            **{a: axes[a] for a in AXES if a != "blocks"}, "did_not_learn": _flag(ua, t.state.name),
-        }
-        history = [h for h in (ua.get("history") or []) if isinstance(h, dict)]
+        base = _base_row(t, sa, variants)
+        history = TrialAttrs.read(t.user_attrs).history or []
         if history:
             for h in history:
                 row = {**base, "epoch": int(h.get("epoch", len(rows) + 1))}
@@ -279,7 +224,7 @@ def epochs_table(study: optuna.Study) -> pd.DataFrame:
         else:
             for step, value in sorted(t.intermediate_values.items()):
                 rows.append({**base, "epoch": int(step), **{f: math.nan for f in EPOCH_FIELDS}, "test_error": float(value)})
-    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "did_not_learn", "epoch", *EPOCH_FIELDS, *stages]
+    columns = ["number", "variant", "kind", "seed", "state", *CURVE_AXES, "did_not_learn", "epoch", *EPOCH_FIELDS, *stages]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
         for col in ("seed", "depth", "width", "epoch"):
@@ -304,7 +249,7 @@ def _finals(frame: pd.DataFrame) -> pd.DataFrame:
 def curves(epochs: pd.DataFrame) -> pd.DataFrame:
     """Training and test error per (variant, epoch): mean and std over the final runs' seeds."""
     fin = _finals(epochs)
-    cols = ["variant", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "epoch"]
+    cols = ["variant", *CURVE_AXES, "epoch"]
     if fin.empty:
         return pd.DataFrame(columns=[*cols, "train_error_mean", "train_error_std", "test_error_mean", "test_error_std", "n"])
     g = fin.groupby(cols, sort=True, dropna=False)
@@ -318,7 +263,7 @@ def curves(epochs: pd.DataFrame) -> pd.DataFrame:
 def gradient_flow(epochs: pd.DataFrame) -> pd.DataFrame:
     """Per-stage gradient norm per (variant, epoch, stage), mean over the final runs' seeds."""
     fin = _finals(epochs)
-    cols = ["variant", "connection", "activation", "block", "depth", "shortcut", "stem", "width", "epoch", "stage"]
+    cols = ["variant", *CURVE_AXES, "epoch", "stage"]
     if fin.empty or not any(c.startswith("grad_") for c in fin.columns):
         return pd.DataFrame(columns=[*cols, "grad_norm"])
     long = grad_norms_long(fin)
@@ -331,32 +276,24 @@ def gradient_flow(epochs: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- per point (iterations)
 
 POINT_FIELDS = ("train_loss", "train_error")
-_CURVE_KEYS = ["variant", "connection", "activation", "block", "depth", "shortcut", "stem", "width"]
+_CURVE_KEYS = ["variant", *CURVE_AXES]
 
 
 def points_table(study: optuna.Study) -> pd.DataFrame:
     """One row per (trial, point): training loss and error at evenly spaced steps of every epoch
     (the `points` of each stored epoch record, docs/storage.md), against `iteration`, the
     optimisation steps done at the point. Empty for studies stored without points."""
-    variants = {v.get("name"): v for v in (study.user_attrs.get("variants") or []) if isinstance(v, dict)}
+    sa = StudyAttrs.read(study.user_attrs)
+    variants = sa.variant_entries()
     rows: list[dict[str, Any]] = []
     for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        name = _variant_name(ua, t.params, t.number)
-        axes = _axes(variants.get(name) or t.params)
-        base = {
-            "number": t.number, "variant": name, "kind": ua.get("kind") or ("final" if not study.user_attrs.get("search") else None),
-            "seed": ua.get("seed", t.params.get("seed")), "state": t.state.name,
-            **{a: axes[a] for a in AXES if a != "blocks"}, "did_not_learn": _flag(ua, t.state.name),
-        }
-        for h in ua.get("history") or []:
-            if not isinstance(h, dict):
-                continue
+        base = _base_row(t, sa, variants)
+        for h in TrialAttrs.read(t.user_attrs).history or []:
             for pt in h.get("points") or []:
                 if isinstance(pt, dict) and pt.get("iteration") is not None:
                     rows.append({**base, "epoch": h.get("epoch"), "iteration": int(pt["iteration"]),
                                  **{f: _number(pt.get(f)) for f in POINT_FIELDS}})
-    columns = ["number", "variant", "kind", "seed", "state", *(a for a in AXES if a != "blocks"), "did_not_learn", "epoch", "iteration",
+    columns = ["number", "variant", "kind", "seed", "state", *CURVE_AXES, "did_not_learn", "epoch", "iteration",
                *POINT_FIELDS]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
@@ -404,10 +341,10 @@ def gradient_ratios(grads: pd.DataFrame, epoch: int | None = None) -> pd.DataFra
 SUMMARY_STATS = ("train_error", "test_error", "val_error")
 
 
-def searched_keys(study_attrs: dict[str, Any], trials: pd.DataFrame | None = None) -> list[str]:
+def searched_keys(study_attrs: dict[str, Any] | StudyAttrs, trials: pd.DataFrame | None = None) -> list[str]:
     """The hyperparameters a study searched: the `search.space` keys, else those that vary
     among the search trials."""
-    search = study_attrs.get("search")
+    search = StudyAttrs.read(study_attrs).search
     if isinstance(search, dict) and isinstance(search.get("space"), dict) and search["space"]:
         return list(search["space"])
     if trials is None or trials.empty:
@@ -420,12 +357,6 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
-
-
-def selection_error(val_error: float | None, test_error: float) -> float:
-    """What picks a variant's final recipe among its search trials: the validation error when the
-    recipe holds a split out, so the test set never chooses hyperparameters; else the test error."""
-    return test_error if val_error is None or math.isnan(val_error) else val_error
 
 
 def variant_summary(trials: pd.DataFrame, variants: Iterable[dict[str, Any]] | None = None,
@@ -555,7 +486,7 @@ def pairs(summary: pd.DataFrame, axis: str, a: str, b: str) -> pd.DataFrame:
     Basic and bottleneck nets default to different shortcut options (A and B): a basic net with
     no partner of its own shortcut option is paired with the bottleneck net of the other option.
     """
-    others = [x for x in ("connection", "activation", "block", "depth", "shortcut", "stem", "width") if x != axis]
+    others = [x for x in CURVE_AXES if x != axis]
     cols = ["variant", "params", "macs", "seeds", "train_error_mean", "train_error_std", "test_error_mean", "test_error_std"]
     left = summary[summary[axis] == a][others + cols]
     right = summary[summary[axis] == b][others + cols]
@@ -765,7 +696,12 @@ def samples(trials: pd.DataFrame, recipes: dict[int, dict[str, Any]] | None = No
 
 def recipes_of(study: optuna.Study) -> dict[int, dict[str, Any]]:
     """Trial number -> the recipe the trial ran (its `recipe` user attribute)."""
-    return {t.number: t.user_attrs["recipe"] for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("recipe"), dict)}
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        recipe = TrialAttrs.read(t.user_attrs).recipe
+        if isinstance(recipe, dict):
+            out[t.number] = recipe
+    return out
 
 
 def _compare(summary_a: pd.Series, summary_b: pd.Series, metric: str, smp: Samples) -> Comparison:

@@ -93,3 +93,47 @@ def small_run(tmp_path_factory) -> Run:
     folder = tmp_path_factory.mktemp("small")
     result = ablate("run", str(SMALL_STUDY), "--device", "cpu", cwd=folder)  # default storage: ./ablate.db
     return Run(folder=folder, study="small", result=result)
+
+
+# ---------------------------------------------------------------- a real PostgreSQL server
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL 15 cluster (Debian's `postgresql` package): `initdb` as the
+    `postgres` user in a temporary folder, listening on 127.0.0.1 only at a free port, with a
+    database `ablate`; stopped and removed at the end. Yields its URL (with a password, which
+    trust authentication ignores, so that hiding it can be checked)."""
+    import socket
+    import tempfile
+
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip(f"needs PostgreSQL 15 server binaries in {PG_BIN} (apt-get install postgresql) and runuser")
+    if os.geteuid() != 0:
+        pytest.skip("starting a PostgreSQL cluster as the postgres user needs root (runuser)")
+    folder = Path(tempfile.mkdtemp(prefix="ablate-pg-"))
+    data = folder / "data"
+    shutil.chown(folder, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_postgres(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True, timeout=120)
+
+    done = as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    assert done.returncode == 0, done.stderr
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200"
+    done = as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(folder / "log"), "-w", "start")
+    assert done.returncode == 0, done.stderr + (folder / "log").read_text()
+    try:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as con:
+            con.execute("CREATE DATABASE ablate")
+        yield f"postgresql+psycopg://postgres:s3cret@127.0.0.1:{port}/ablate"
+    finally:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

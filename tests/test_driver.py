@@ -399,3 +399,23 @@ def test_dashboard_serves_the_study(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_parallel_search_sees_the_running_trials_of_its_variant_and_never_itself():
+    """TPE's constant liar needs the trials other workers are running: the per-variant shadow
+    study holds the variant's RUNNING search trials, not the trial being sampled, nor other variants'."""
+    study = optuna.create_study()
+    dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions=dist, value=0.1,
+                                              user_attrs={"variant": "a", "kind": "search"}))
+    for variant in ("a", "a", "b"):  # running elsewhere
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params={"lr": 0.5}, distributions=dist,
+                                                  user_attrs={"variant": variant, "kind": "search"}))
+    me = study.get_trials()[1]
+    shadow = driver._same_variant(study, me, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING))
+    # trial 0 (complete) and trial 2 (running elsewhere); never trial 1 (itself) nor trial 3 (another variant's)
+    assert sorted(t.state.name for t in shadow.get_trials()) == ["COMPLETE", "RUNNING"]
+    sampler = driver._sampler(parse_study(SMALL))
+    assert sampler._inner._constant_liar
+    value = sampler.sample_independent(study, me, "lr", dist["lr"])
+    assert 0.01 <= value <= 1.0

@@ -10,6 +10,7 @@ diverged, a pruned and an interrupted trial, a pre-activation pair and a basic/b
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from conftest import QUICK_STUDY
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ablate import report, stats, tables
+from ablate import report, stats, storage as S, tables
 from ablate.data import DATASETS, FASHION_MNIST_SYSTEM_DIR
 from ablate.models import measure
 from ablate.study import load_study as load_study_file
@@ -145,10 +146,7 @@ def distribution(key: str, value: Any, search: dict[str, Any] | None, choices: d
 
 
 def trial_params(r: Run, recipe: dict[str, Any]) -> dict[str, Any]:
-    axes = {"connection": r.spec.connection, "activation": r.spec.activation, "block": r.spec.block, "stem": r.spec.stem,
-            "shortcut": r.spec.shortcut or "none", "blocks": "-".join(map(str, r.spec.blocks)),
-            "depth": r.spec.depth, "width": r.spec.width}
-    return {**axes, "seed": r.seed, **{k: {**recipe, "lr": r.lr}[k] for k in RECIPE_PARAMS}}
+    return {**S.spec_params(r.spec), "seed": r.seed, **{k: {**recipe, "lr": r.lr}[k] for k in RECIPE_PARAMS}}
 
 
 def fast_storage(url: str) -> optuna.storages.RDBStorage:
@@ -177,15 +175,14 @@ def write_study(url: str | optuna.storages.BaseStorage, name: str, runs: list[Ru
     recipe = {**RECIPE, "epochs": epochs, "val_size": 5000 if searched else 0}  # a search needs a validation split
     metric = "val_error" if searched else "test_error"  # what the driver optimises (driver.objective_metric)
     text = study_file if study_file is not None else f'name = "{name}"\ndescription = "{description}"\ndataset = "{dataset}"\n'
-    attrs = {
-        "ablate_version": "0.1.0", "study_file": text, "study_path": f"studies/{name}.toml", "description": description,
-        "dataset": dataset, "variants": [variant_entry(s, dataset) for s in specs], "recipe": recipe, "search": search,
-        "seeds": seeds, "units": units if units is not None else len({(r.spec, r.kind, r.index) for r in runs}),
-        "objective": metric,
-    }
-    attrs["definition"] = json.dumps({k: attrs[k] for k in ("variants", "recipe", "search", "seeds", "dataset")}, sort_keys=True)
-    for k, v in attrs.items():
-        study.set_user_attr(k, v)
+    attrs = S.StudyAttrs(
+        ablate_version="0.1.0", study_file=text, study_path=f"studies/{name}.toml", description=description,
+        dataset=dataset, variants=[variant_entry(s, dataset) for s in specs], recipe=recipe, search=search,
+        seeds=seeds, units=units if units is not None else len({(r.spec, r.kind, r.index) for r in runs}),
+        objective=metric,
+    )
+    definition = json.dumps({"variants": attrs.variants, "recipe": recipe, "search": search, "seeds": seeds, "dataset": dataset}, sort_keys=True)
+    dataclasses.replace(attrs, definition=definition).write(study)
     all_params = [trial_params(r, recipe) for r in runs]
     choices: dict[str, list[Any]] = {}
     for params in all_params:
@@ -199,21 +196,16 @@ def write_study(url: str | optuna.storages.BaseStorage, name: str, runs: list[Ru
             hist = hist[: r.stop_epoch]
         trial_recipe = {**recipe, "lr": r.lr}
         dists = {k: distribution(k, v, search, choices) for k, v in params.items()}
-        ua = {"variant": r.spec.name, "unit": f"{r.spec.name}/{r.kind}/{r.index}", "kind": r.kind, "index": r.index,
-              "seed": r.seed, "params": entry["params"], "macs": entry["macs"], "device": "cuda:0", "versions": VERSIONS,
-              "recipe": trial_recipe}
+        a = S.TrialAttrs(variant=r.spec.name, unit=f"{r.spec.name}/{r.kind}/{r.index}", kind=r.kind, index=r.index,
+                         seed=r.seed, params=entry["params"], macs=entry["macs"], device="cuda:0", versions=VERSIONS,
+                         recipe=trial_recipe, failure=r.failure, diverged_epoch=r.diverged_epoch)
         if r.state != TrialState.RUNNING:
-            ua["history"] = hist
-            ua["seconds"] = sum(h["seconds"] for h in hist)
-            if hist:
-                ua["images_per_second"] = float(np.mean([h["images_per_second"] for h in hist[1:] or hist]))
+            a = dataclasses.replace(a, history=hist, seconds=sum(h["seconds"] for h in hist),
+                                    images_per_second=float(np.mean([h["images_per_second"] for h in hist[1:] or hist])) if hist else None)
         if r.state == TrialState.COMPLETE:
-            ua.update(train_error=hist[-1]["train_error"], test_error=hist[-1]["test_error"], val_error=hist[-1]["val_error"])
-        if r.failure is not None:
-            ua["failure"] = r.failure
-        if r.diverged_epoch is not None:
-            ua["diverged_epoch"] = r.diverged_epoch
-        ua.update(r.extra)
+            a = dataclasses.replace(a, train_error=hist[-1]["train_error"], test_error=hist[-1]["test_error"], val_error=hist[-1]["val_error"])
+        a = dataclasses.replace(a, **r.extra)
+        ua = a.to_user_attrs()
         study.add_trial(optuna.trial.create_trial(
             state=r.state, value=hist[-1][metric] if r.state == TrialState.COMPLETE else None, params=params,
             distributions=dists, user_attrs=ua, intermediate_values={h["epoch"]: h[metric] for h in hist},
