@@ -25,6 +25,7 @@ from ablate.data import FASHION_MNIST_SYSTEM_DIR
 from ablate.limits import MAX_LR
 from ablate.study import load_study, parse_study
 from ablate.train import train as real_train
+from ablate.train import train_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_fashion = pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
@@ -339,17 +340,26 @@ FUSED = FAILING.replace('name = "failing"', 'name = "fused"').replace("count = 2
 
 
 @needs_fashion
-def test_fused_final_runs_are_stored_as_if_run_one_by_one(tmp_path):
+def test_fused_final_runs_are_stored_as_if_run_one_by_one(tmp_path, monkeypatch):
     """--fuse 2 on three seeds: a fused pair and a run alone per variant; every unit its own trial
     with the same attributes, intermediate values and (up to rounding) errors as without fusion."""
     study = parse_study(FUSED)
     stored = {}
+    groups: list[tuple[str, list[int]]] = []  # the real train_runs, recording which seeds it trained together
+
+    def recording(spec, recipe, data, *, seeds, **kw):
+        groups.append((spec.name, list(seeds)))
+        return train_runs(spec, recipe, data, seeds=seeds, **kw)
+
+    monkeypatch.setattr(driver, "train_runs", recording)
     for fuse in ("off", 2):
         url = f"sqlite:///{tmp_path / f'{fuse}.db'}"
         driver.run_study(study, url, device="cpu", fuse=fuse)
         ostudy = optuna.load_study(study_name="fused", storage=url)
         stored[fuse] = ({t.user_attrs["unit"]: t for t in ostudy.get_trials()}, ostudy.user_attrs["definition"])
     (alone, def_alone), (fused, def_fused) = stored["off"], stored[2]
+    # Claimed and trained together: the first two seeds as one network, the third alone.
+    assert sorted(groups) == [("plain-8-w4", [1, 2]), ("resnet-8-w4", [1, 2])]
     assert def_alone == def_fused  # an execution choice, not part of the study
     assert sorted(alone) == sorted(fused) and len(fused) == 6
     for key, t in fused.items():
