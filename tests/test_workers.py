@@ -129,7 +129,9 @@ def test_repeated_sigkills_of_workers_lose_nothing_and_train_nothing_twice(tmp_p
     one stopped while it holds the claim lock (every other worker waits on it meanwhile), then
     workers in the middle of training a unit."""
     rng = random.Random(11)
-    path = study_file(tmp_path, seeds=8, epochs=2, images=1024)
+    # Enough work for seven kills: final runs are claimed and trained in fused pairs (--fuse auto),
+    # so a unit-sized study ends sooner than one trained a run at a time.
+    path = study_file(tmp_path, seeds=12, epochs=2, images=1024)
     db = tmp_path / "many.db"
     url = f"sqlite:///{db}"
     argv = args(path, url, "--no-report", "--grace-period", "2")
