@@ -30,7 +30,8 @@ def test_three_workers_on_postgresql_one_killed_mid_trial(tmp_path, postgres_url
     path.write_text(TINY.format(seeds=3, epochs=3, images=1024))
     shared = tmp_path / "checkpoints"  # where every worker (every machine) can read them
     argv = [sys.executable, "-m", "ablate", "run", str(path), "--storage", postgres_url, "--device", "cpu", "--threads", "1",
-            "--grace-period", "3", "--checkpoint-dir", str(shared), "--no-report"]
+            "--grace-period", "3", "--checkpoint-dir", str(shared), "--no-report",
+            "--fuse", "off"]  # one unit a worker, so the failpoint below stops worker 0 inside exactly one trial
     # Worker 0 stops itself while writing its second checkpoint: mid-trial, its epoch-1 checkpoint in place.
     procs = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**__import__("os").environ, **({failpoints.ENV: "checkpoint-write:2"} if i == 0 else {})})
