@@ -188,9 +188,9 @@ def test_run_end_to_end_and_again_trains_nothing(small_run):
                 assert key in t.user_attrs, key
             assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]
             assert set(t.user_attrs["history"][0]["grad_norms"]) == {"stem", "stage1", "stage2", "stage3", "head"}
-            # 512 images in batches of 64: 8 steps an epoch, each its own point (fewer than points_per_epoch = 10).
+            # 512 images in batches of 32: 16 steps an epoch, each its own point (points_per_epoch = 16).
             points = [pt for h in t.user_attrs["history"] for pt in h["points"]]
-            assert [pt["iteration"] for pt in points] == list(range(1, 17))
+            assert [pt["iteration"] for pt in points] == list(range(1, 33))
             assert all(0 <= pt["train_error"] <= 1 and pt["train_loss"] > 0 for pt in points)
             for h in t.user_attrs["history"]:  # equal intervals: the epoch's means are the points' means
                 assert h["train_loss"] == pytest.approx(sum(pt["train_loss"] for pt in h["points"]) / len(h["points"]))

@@ -808,11 +808,11 @@ def test_tables_of_a_real_run(real_run):
     assert grads.notna().all().all() and (grads > 0).all().all()
     cur = tables.curves(e)
     assert len(cur) == 4 * 2 and (cur["n"] == 2).all()
-    # 512 images in batches of 64: 8 steps an epoch, each step a point.
+    # 512 images in batches of 32: 16 steps an epoch, each step a point.
     pts = d.points
-    assert len(pts) == len(t) * 16 and sorted(pts["iteration"].unique()) == list(range(1, 17))
+    assert len(pts) == len(t) * 32 and sorted(pts["iteration"].unique()) == list(range(1, 33))
     it = tables.iteration_curves(pts, e)
-    assert len(it) == 4 * 16 and (it["n"] == 2).all()
+    assert len(it) == 4 * 32 and (it["n"] == 2).all()
     assert list(it.dropna(subset=["test_error_mean"])["iteration"].unique()) == [8, 16]
     deg = next(f for f in d.findings if f.topic == "degradation")
     c = deg.comparisons[0]
@@ -836,7 +836,7 @@ def test_report_of_a_real_run_renders(real_run, browser, tmp_path):
     artifact(tmp_path / "report-small.png")
     paths = report.export_tables("small", real_run, tmp_path / "export", "csv")
     assert len(pd.read_csv(paths[1])) == 16 * 2
-    assert len(pd.read_csv(paths[4])) == 16 * 16  # -points: 16 trials, 16 points each
+    assert len(pd.read_csv(paths[4])) == 16 * 32  # -points: 16 trials, 32 points each
 
 
 @pytest.mark.slow
