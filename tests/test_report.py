@@ -813,7 +813,7 @@ def test_tables_of_a_real_run(real_run):
     assert len(pts) == len(t) * 32 and sorted(pts["iteration"].unique()) == list(range(1, 33))
     it = tables.iteration_curves(pts, e)
     assert len(it) == 4 * 32 and (it["n"] == 2).all()
-    assert list(it.dropna(subset=["test_error_mean"])["iteration"].unique()) == [8, 16]
+    assert list(it.dropna(subset=["test_error_mean"])["iteration"].unique()) == [16, 32]
     deg = next(f for f in d.findings if f.topic == "degradation")
     c = deg.comparisons[0]
     assert (c.a, c.b, c.a_n, c.b_n) == ("plain-8-w4", "plain-14-w4", 2, 2)
