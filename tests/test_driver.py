@@ -3,6 +3,7 @@ SIGKILL, failures recorded, `ablate ls/show/dashboard`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import os
@@ -381,14 +382,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_serves_the_study(tmp_path):
-    url = f"sqlite:///{tmp_path / 'd.db'}"
-    study = optuna.create_study(study_name="served", storage=url)
-    study.set_user_attr("dataset", "fashion-mnist")
-    study.add_trial(optuna.trial.create_trial(params={"depth": 20}, distributions={"depth": optuna.distributions.IntDistribution(8, 56)}, value=0.1))
+@contextlib.contextmanager
+def dashboard(url: str, cwd: Path):
+    """`ablate dashboard` on a free loopback port, serving `url`: yields (port, the /api/studies payload)
+    once it answers, and stops it after."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ablate", "dashboard", "--storage", url, "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
         while True:
@@ -400,15 +400,24 @@ def test_dashboard_serves_the_study(tmp_path):
                 assert proc.poll() is None, proc.stderr.read().decode()
                 assert time.time() < deadline, "optuna-dashboard did not answer"
                 time.sleep(0.3)
+        yield port, payload
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_serves_the_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    study = optuna.create_study(study_name="served", storage=url)
+    study.set_user_attr("dataset", "fashion-mnist")
+    study.add_trial(optuna.trial.create_trial(params={"depth": 20}, distributions={"depth": optuna.distributions.IntDistribution(8, 56)}, value=0.1))
+    with dashboard(url, tmp_path) as (port, payload):
         names = [s["study_name"] for s in payload["study_summaries"]]
         assert names == ["served"]
         study_id = payload["study_summaries"][0]["study_id"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as response:
             detail = json.load(response)
         assert len(detail["trials"]) == 1 and detail["trials"][0]["params"][0]["name"] == "depth"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_parallel_search_sees_the_running_trials_of_its_variant_and_never_itself():

@@ -5,18 +5,16 @@ from the shared checkpoint folder, every unit complete exactly once; then `ls`, 
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_driver import free_port
+from test_driver import dashboard
 from test_workers import TINY, is_stopped
 
 from ablate import failpoints, outcomes
@@ -77,24 +75,8 @@ def test_three_workers_on_postgresql_one_killed_mid_trial(tmp_path, postgres_url
     exported = ablate("export", "many", "--out-dir", str(tmp_path / "tables"))
     assert exported.returncode == 0 and (tmp_path / "tables" / "many-trials.csv").read_text().count("COMPLETE") == 6
 
-    port = free_port()
-    dash = subprocess.Popen([sys.executable, "-m", "ablate", "dashboard", "--storage", postgres_url, "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
-                    payload = json.load(response)
-                break
-            except OSError:
-                assert dash.poll() is None, dash.stderr.read().decode()
-                assert time.time() < deadline, "optuna-dashboard did not answer"
-                time.sleep(0.3)
+    with dashboard(postgres_url, tmp_path) as (_, payload):
         assert [s["study_name"] for s in payload["study_summaries"]] == ["many"]
-    finally:
-        dash.terminate()
-        dash.wait(timeout=10)
 
 
 def test_a_bad_postgresql_url_is_one_clear_error(postgres_url):
