@@ -14,9 +14,13 @@ from its last checkpoint.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from ablate.storage import trial_key
+from ablate.storage.contract import TrialAttrs, trial_key
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 #: Trial user attributes (their names are ablate.storage's).
 FAILURE = trial_key("failure")  # why it failed, one line
@@ -107,3 +111,33 @@ def did_not_learn(train_error: float | None, train_examples: int, test_error: fl
         return None
     return (f"did not learn: training error {100 * train_error:.1f}% and test error {100 * test_error:.1f}% are at "
             f"chance level for {classes} classes ({100 * chance:.1f}%)")
+
+
+# ---------------------------------------------------------------- trials as plain records
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What scheduling needs of a stored trial (ablate.scheduling): plain data, no Optuna."""
+
+    number: int
+    state: str  # an Optuna TrialState name: WAITING, RUNNING, COMPLETE, PRUNED, FAIL
+    unit: str | None = None
+    failure_kind: str | None = None  # FAIL only (ablate.outcomes)
+    params: Mapping[str, Any] = field(default_factory=dict)  # with the fixed params it was created with
+    value: float | None = None
+    val_error: float | None = None
+
+
+def record(number: int, state: str, user_attrs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+           value: float | None = None) -> TrialRecord:
+    a = TrialAttrs.read(user_attrs)
+    return TrialRecord(number, state, a.unit, failure_kind(state, user_attrs), dict(params or {}), value,
+                       a.val_error if isinstance(a.val_error, (int, float)) else None)
+
+
+def records(trials: Iterable["FrozenTrial"]) -> list[TrialRecord]:
+    """Stored trials as records, in trial order. A trial's params include those it was enqueued
+    with (Optuna's `fixed_params`), for a trial killed before its objective set any."""
+    return [record(t.number, t.state.name, t.user_attrs, {**t.system_attrs.get("fixed_params", {}), **t.params},
+                   t.value if t.values else None) for t in trials]

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ablate.storage import TrialRecord
-from ablate.study import FIRST_SEED, Study
-from ablate.variants import VariantSpec
+from ablate.spec.study import FIRST_SEED, Study
+from ablate.spec.variants import VariantSpec
 
 COUNTING = ("COMPLETE", "PRUNED")
 IN_FLIGHT = ("WAITING", "RUNNING")
@@ -71,7 +71,7 @@ class UnitState:
 
 
 def unit_state(records: Sequence[TrialRecord]) -> UnitState:
-    from ablate import outcomes
+    from ablate.storage import outcomes
 
     done: dict[str, TrialRecord] = {}
     in_flight: set[str] = set()

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate.bundled import read_bundle
-from ablate.catalog import AUGMENTATIONS, DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
+from ablate.engine.bundled import read_bundle
+from ablate.spec.catalog import AUGMENTATIONS, DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)  # one-line notices (the bundled subset in use); `ablate run` prints them
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)  # one-line notices (the bundled subset in use
 CROP_PADDING = 4  # He et al. (2016), sec. 4.2: "4 pixels are padded on each side"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation; see _socket_timeout
-BUNDLED_SOURCE = "bundled subset"  # Splits.source of data from ablate.bundled, followed by its path
+BUNDLED_SOURCE = "bundled subset"  # Splits.source of data from ablate.engine.bundled, followed by its path
 
 
 class DataError(Exception):

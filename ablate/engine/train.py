@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.checkpoint import load as load_checkpoint
-from ablate.checkpoint import save as save_checkpoint
-from ablate.data import Split, Splits, augment, batches, load_dataset, normalize
-from ablate.models import build_model, count_params, fuse_states, measure, split_state
-from ablate.recipe import (  # noqa: F401 (re-exported)
+from ablate.engine.checkpoint import load as load_checkpoint
+from ablate.engine.checkpoint import save as save_checkpoint
+from ablate.engine.data import Split, Splits, augment, batches, load_dataset, normalize
+from ablate.engine.models import build_model, count_params, fuse_states, measure, split_state
+from ablate.spec.recipe import (  # noqa: F401 (re-exported)
     ALTERNATIVES, DATA_ORDER_KEYS, PRECISIONS, SCHEDULES, WARMUPS, Recipe, Schedule, check_recipe, lr_at, make_recipe,
     schedule, steps_per_epoch, train_size,
 )
-from ablate.variants import VariantSpec
+from ablate.spec.variants import VariantSpec
 
 
 @dataclass(frozen=True)

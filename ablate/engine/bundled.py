@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = {"fashion-mnist": "fashion-mnist-subset.npz"}  # dataset -> file under ASSETS
 
 

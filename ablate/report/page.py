@@ -33,11 +33,12 @@ import plotly.io as pio
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from ablate import failpoints, stats
-from ablate import tables as T
+from ablate import failpoints
+from ablate.analysis import stats
+from ablate.analysis import tables as T
 from ablate.storage import StudyAttrs, flat, safe_url
-from ablate.tables import ReportError
-from ablate.variants import human
+from ablate.analysis.tables import ReportError
+from ablate.spec.variants import human
 
 __all__ = ["ReportError", "ReportData", "collect", "render", "build_report", "write_report", "export_tables", "default_path"]
 

@@ -24,10 +24,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ablate import outcomes, stats
-from ablate.scheduling import selection_error
+from ablate.storage import outcomes
+from ablate.analysis import stats
+from ablate.runs.scheduling import selection_error
 from ablate.storage import StudyAttrs, TrialAttrs, axis_values, flat, number, one_line, safe_url, spec_from_params, sqlite_path
-from ablate.variants import AXES
+from ablate.spec.variants import AXES
 
 #: The axes as columns of per-epoch and per-point rows (blocks follow from depth but where given).
 CURVE_AXES = tuple(a for a in AXES if a != "blocks")
@@ -678,7 +679,7 @@ def samples(trials: pd.DataFrame, recipes: dict[int, dict[str, Any]] | None = No
     """The final runs of every variant as samples for the tests. `recipes`: trial number ->
     the recipe it ran (the `recipe` user attribute); without it pairing is judged from the
     hyperparameter columns."""
-    from ablate.train import DATA_ORDER_KEYS
+    from ablate.engine.train import DATA_ORDER_KEYS
 
     fin = _finals(trials) if len(trials) else trials
     values: dict[str, dict[str, dict[int, float]]] = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ablate.limits import BLOCKS_REASON, MAX_BLOCKS_PER_STAGE, MAX_WIDTH, WIDTH_REASON
+from ablate.spec.limits import BLOCKS_REASON, MAX_BLOCKS_PER_STAGE, MAX_WIDTH, WIDTH_REASON
 
 CONNECTIONS = ("plain", "residual")
 ACTIVATIONS = ("post", "pre")

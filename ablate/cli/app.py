@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ablate import __version__
-from ablate.study import Study, StudyError, load_study
-from ablate.variants import human
+from ablate.spec.study import Study, StudyError, load_study
+from ablate.spec.variants import human
 
 app = typer.Typer(
     name="ablate",
@@ -72,7 +72,7 @@ def parse_fuse(text: str) -> int | str:
 def _with_first_seed(study: Study, first_seed: int) -> Study:
     import dataclasses
 
-    from ablate.study import check_first_seed
+    from ablate.spec.study import check_first_seed
 
     try:
         check_first_seed(first_seed)
@@ -82,8 +82,8 @@ def _with_first_seed(study: Study, first_seed: int) -> Study:
 
 
 def variant_rows(study: Study) -> list[dict[str, object]]:
-    from ablate.models import measure  # torch is imported only when needed
-    from ablate.train import schedule, train_size
+    from ablate.engine.models import measure  # torch is imported only when needed
+    from ablate.engine.train import schedule, train_size
 
     rows = []
     for spec in study.variants:
@@ -106,7 +106,7 @@ def variants(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{s.info.size}x{s.info.size})")
-    from ablate.variants import AXES
+    from ablate.spec.variants import AXES
 
     for col in ("name", *AXES, "params", "MACs",
                 "iterations", "warm-up"):
@@ -135,7 +135,7 @@ def _print_summary(ostudy, title: str) -> None:
     """Per variant: params, MACs, final runs' errors (mean ± std over seeds), best searched values."""
     import math
 
-    from ablate.tables import searched_keys, trials_table, variant_summary
+    from ablate.analysis.tables import searched_keys, trials_table, variant_summary
 
     from ablate.storage import StudyAttrs
 
@@ -165,8 +165,8 @@ def _print_verdicts(ostudy, trials, summary) -> None:
     """The report's findings, one line each: the answer, the question, the deciding numbers."""
     from rich.text import Text
 
-    from ablate.stats import ALPHA
-    from ablate.tables import recipes_of, samples, verdicts
+    from ablate.analysis.stats import ALPHA
+    from ablate.analysis.tables import recipes_of, samples, verdicts
 
     from ablate.storage import StudyAttrs
 
@@ -206,7 +206,7 @@ class _Display:
         self.trial = self.bar.add_task("", total=None, visible=False)
 
     def hooks(self):
-        from ablate.driver import Progress
+        from ablate.runs.runner import Progress
 
         def on_start(total: int, done: int) -> None:
             self.bar.update(self.units, total=total, completed=done)
@@ -263,7 +263,7 @@ def run(
     if threads is not None and threads < 1:
         raise fail(f"--threads: {threads} is not valid; use 1 or more")
     if workers > 1:
-        from ablate.workers import WorkerError, run_workers
+        from ablate.runs.workers import WorkerError, run_workers
 
         try:
             code = run_workers(s, study, storage, workers, device=device, threads=threads, forward=sys.argv[1:], console=err)
@@ -281,9 +281,10 @@ def run(
     import optuna
     import sqlalchemy
 
-    from ablate import outcomes, stopping
-    from ablate.data import DataError
-    from ablate.driver import DriverError, run_study
+    from ablate.storage import outcomes
+    from ablate.runs import stopping
+    from ablate.engine.data import DataError
+    from ablate.runs.runner import DriverError, run_study
     from ablate.storage import one_line, safe_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are recorded and shown by ablate
@@ -313,7 +314,7 @@ def _finish(s: Study, storage: str, ostudy=None) -> None:
     from ablate.storage import safe_url
 
     if ostudy is None:
-        from ablate.tables import open_study
+        from ablate.analysis.tables import open_study
 
         ostudy = open_study(s.name, storage)
     _print_summary(ostudy, f"{s.name} on {s.dataset}: final runs, error mean ± std over seeds")
@@ -353,8 +354,8 @@ def _left_failed(ostudy) -> None:
     """A run that leaves units failed says how many and why, and exits 1; runs that did not learn are noted."""
     from collections import Counter
 
-    from ablate import outcomes
-    from ablate.driver import failed_units
+    from ablate.storage import outcomes
+    from ablate.runs.runner import failed_units
 
     trials = ostudy.get_trials(deepcopy=False)
     from ablate.storage import StudyAttrs, TrialAttrs
@@ -377,8 +378,8 @@ def show(
     storage: StorageOpt = DEFAULT_STORAGE,
 ) -> None:
     """The summary table of one study."""
-    from ablate.driver import study_progress
-    from ablate.tables import ReportError, open_study
+    from ablate.runs.runner import study_progress
+    from ablate.analysis.tables import ReportError, open_study
 
     try:
         ostudy = open_study(study, storage)
@@ -391,7 +392,7 @@ def show(
 
 def _print_running(studies, storage) -> None:
     """The running trials of some studies: unit, worker (host, pid, device), epochs done, last heartbeat."""
-    from ablate.driver import running_trials
+    from ablate.runs.runner import running_trials
 
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storage in a cache
     rows = [(name, r) for name, o in studies for r in running_trials(o, backend)]
@@ -414,7 +415,7 @@ def ls(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """The studies in a storage, with their progress."""
     import optuna
 
-    from ablate.driver import DriverError, open_storage, study_progress
+    from ablate.runs.runner import DriverError, open_storage, study_progress
 
     try:
         st = open_storage(storage)
@@ -442,7 +443,7 @@ def dashboard(
     """Serve optuna-dashboard for a storage on 127.0.0.1."""
     from optuna_dashboard import run_server
 
-    from ablate.driver import DriverError, open_storage
+    from ablate.runs.runner import DriverError, open_storage
 
     try:
         st = open_storage(storage)
@@ -465,7 +466,7 @@ def report(
 ) -> None:
     """Write a self-contained HTML degradation-comparison report of a study."""
     from ablate.report import write_report
-    from ablate.tables import ReportError
+    from ablate.analysis.tables import ReportError
 
     try:
         path = write_report(study, storage, out)
@@ -485,7 +486,7 @@ def export(
 ) -> None:
     """Write the per-trial, per-epoch and per-variant tables for notebooks."""
     from ablate.report import export_tables
-    from ablate.tables import ReportError
+    from ablate.analysis.tables import ReportError
 
     try:
         paths = export_tables(study, storage, out_dir, fmt)
@@ -497,7 +498,7 @@ def export(
         print(p)
 
 
-from ablate.bench import bench  # noqa: E402 (registered below; imports torch only when it runs)
+from ablate.engine.bench import bench  # noqa: E402 (registered below; imports torch only when it runs)
 
 app.command(help="Training throughput of the engine against a seed-style DataLoader baseline, in one run.")(bench)
 

@@ -8,6 +8,7 @@ what would be valid.
 from __future__ import annotations
 
 import dataclasses
+import json
 import itertools
 import math
 import re
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate import limits
-from ablate.catalog import DATASETS, DatasetInfo, dataset_info
-from ablate.recipe import ALTERNATIVES, Recipe, make_recipe
-from ablate.variants import AXES, VariantSpec, make_variant
+from ablate.spec import limits
+from ablate.spec.catalog import DATASETS, DatasetInfo, dataset_info
+from ablate.spec.recipe import ALTERNATIVES, Recipe, make_recipe, recipe_dict
+from ablate.spec.variants import AXES, VariantSpec, make_variant
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds")
 #: Recipe keys a [search] may tune, and how: the data and the budget (epochs) stay fixed so that
@@ -464,3 +465,47 @@ def load_study(path: str | Path) -> Study:
     except (OSError, UnicodeDecodeError) as exc:
         raise StudyError(f"{p}: cannot read the study file: {exc}") from None
     return parse_study(text, str(p))
+
+
+# ---------------------------------------------------------------- the definition: what a unit means
+
+
+def definition(study: Study) -> str:
+    """Canonical JSON of everything that decides the results; a re-run must agree with it."""
+    doc: dict[str, Any] = {
+        "dataset": study.dataset,
+        "variants": [s.axes() for s in study.variants],
+        "recipe": recipe_dict(study.recipe),
+        "search": study.search.describe() if study.search else None,
+        "seeds": study.seeds,
+    }
+    if study.first_seed != FIRST_SEED:  # only when moved: storages written before [seeds] start keep their definition
+        doc["first_seed"] = study.first_seed
+    if study.overrides:
+        doc["overrides"] = study.overrides
+    return json.dumps(doc, sort_keys=True)
+
+
+def growth(stored: str, mine: str) -> tuple[str | None, bool]:
+    """Whether a study file may run on a stored study: (why not, or None; whether it grows it).
+
+    A study may grow: more variants, more seeds. Everything an existing unit means must stay:
+    the dataset, the recipe, the search, the first seed, the existing variants and their own
+    recipe overrides. A file that leaves out stored variants or seeds is refused too: it would
+    run a part and report it as the whole."""
+    old, new = json.loads(stored), json.loads(mine)
+    if old == new:
+        return None, False
+    differs = [k for k in sorted(set(old) | set(new)) if k not in ("variants", "seeds", "overrides") and old.get(k) != new.get(k)]
+    kept = [v for v in old.get("variants", []) if v in new.get("variants", [])]
+    if len(kept) < len(old.get("variants", [])):
+        differs.append("variants")
+    if new.get("seeds", 0) < old.get("seeds", 0):
+        differs.append("seeds")
+    old_over, new_over = old.get("overrides") or {}, new.get("overrides") or {}
+    names = {make_variant({k: tuple(x) if k == "blocks" else x for k, x in v.items()}).name for v in old.get("variants", [])}
+    if any(old_over.get(n) != new_over.get(n) for n in names):
+        differs.append("overrides")
+    if differs:
+        return f"it differs in: {', '.join(dict.fromkeys(differs))}", False
+    return None, True

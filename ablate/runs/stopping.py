@@ -31,7 +31,7 @@ class Stop(KeyboardInterrupt):
 
 
 def signalled(signum: int) -> Stop:
-    from ablate.outcomes import INTERRUPTED
+    from ablate.storage.outcomes import INTERRUPTED
 
     return Stop(f"interrupted by {signal.Signals(signum).name}", INTERRUPTED, 128 + signum)
 

@@ -31,15 +31,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ablate.catalog import DatasetInfo, dataset_info
-from ablate.variants import VariantSpec, get_variant
+from ablate.spec.catalog import DatasetInfo, dataset_info
+from ablate.spec.variants import VariantSpec, get_variant
 
 if TYPE_CHECKING:  # torch and the engine are imported where they run: `ablate --help` must not wait for torch
     import numpy as np
     import torch
 
-    from ablate.data import Split, Splits
-    from ablate.train import Recipe
+    from ablate.engine.data import Split, Splits
+    from ablate.engine.train import Recipe
 
 DEFAULT_IMAGES = 5120  # ResNet-20, CIFAR-sized, 2-core CPU: about 15 s per epoch and side
 TEST_IMAGES = 256  # the engine evaluates after every epoch; keep that cost small (not timed)
@@ -104,7 +104,7 @@ def run_bench(
     """
     import torch
 
-    from ablate.train import Recipe, input_info, resolve_device, train
+    from ablate.engine.train import Recipe, input_info, resolve_device, train
 
     spec = get_variant(variant) if isinstance(variant, str) else variant
     info = dataset_info(dataset)
@@ -156,7 +156,7 @@ def _others_busy() -> float | None:
 def _random_splits(info: DatasetInfo, images: int, seed: int, device: torch.device) -> Splits:
     import torch
 
-    from ablate.data import Split, Splits
+    from ablate.engine.data import Split, Splits
 
     gen = torch.Generator().manual_seed(seed)
     shape = (info.channels, info.size, info.size)
@@ -170,7 +170,7 @@ def _random_splits(info: DatasetInfo, images: int, seed: int, device: torch.devi
 
 
 def _disk_splits(info: DatasetInfo, images: int, data_dir, seed: int, device: torch.device) -> Splits:
-    from ablate.data import Split, Splits, load_dataset
+    from ablate.engine.data import Split, Splits, load_dataset
 
     if info.name == "synthetic":  # generated, at most its official size
         images = min(images, info.train_size)
@@ -245,7 +245,7 @@ def baseline_throughput(
     import torch
     import torch.nn.functional as F
 
-    from ablate.models import build_model
+    from ablate.engine.models import build_model
 
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # the seed's scripts leave it off
@@ -318,7 +318,7 @@ def _one_run(spec: VariantSpec, recipe: Recipe, info: DatasetInfo, images: int, 
     """One `train` in a process of its own (for the concurrent case): its steady images/s."""
     import torch
 
-    from ablate.train import resolve_device, train
+    from ablate.engine.train import resolve_device, train
 
     torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -349,7 +349,7 @@ def run_fuse_bench(
 
     import torch
 
-    from ablate.train import Recipe, input_info, resolve_device, train, train_runs
+    from ablate.engine.train import Recipe, input_info, resolve_device, train, train_runs
 
     spec = get_variant(variant) if isinstance(variant, str) else variant
     info = dataset_info(dataset)
@@ -438,7 +438,7 @@ def bench(
     fuse: Annotated[int | None, typer.Option("--fuse", help="Instead: K runs (seeds) fused into one network against K runs one after another and K processes at once.", show_default=False)] = None,
 ) -> None:
     """Training throughput (images/s) of the engine against a seed-style DataLoader baseline."""
-    from ablate.data import DataError
+    from ablate.engine.data import DataError
 
     try:
         if fuse is not None:

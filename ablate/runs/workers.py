@@ -27,8 +27,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from ablate import stopping
-from ablate.study import Study
+from ablate.runs import stopping
+from ablate.spec.study import Study
 
 
 class WorkerError(Exception):
@@ -78,7 +78,7 @@ def run_workers(study: Study, study_path: Path, storage: str, workers: int, *, d
     file is one error here, not N."""
     import optuna
 
-    from ablate import driver
+    from ablate.runs import runner as driver
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -144,7 +144,7 @@ def _progress_line(storage: Any, name: str) -> str:
     """"units 5/16 done, 3 running (host:pid cuda:0 epoch 2, ...)": the study's progress from the storage."""
     import optuna
 
-    from ablate import driver
+    from ablate.runs import runner as driver
 
     try:
         ostudy = optuna.load_study(study_name=name, storage=storage)

@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ablate.catalog import AUGMENTATIONS
-from ablate.limits import BATCH_REASON, EPOCHS_REASON, LR_REASON, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
+from ablate.spec.catalog import AUGMENTATIONS
+from ablate.spec.limits import BATCH_REASON, EPOCHS_REASON, LR_REASON, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WARMUPS = ("linear", "constant")
@@ -252,3 +252,8 @@ def lr_at(r: Recipe, step: int, sched: Schedule) -> float:
     if t < rise:
         return start + (r.lr - start) * (1 - math.cos(math.pi * t / rise)) / 2
     return end + (r.lr - end) * (1 + math.cos(math.pi * (t - rise) / (1 - rise))) / 2
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    """A Recipe as stored (`recipe` attributes): a dict, tuples as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}

@@ -31,19 +31,22 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate import __version__, failpoints, outcomes, scheduling, stopping
+from ablate import __version__
+from ablate import failpoints
+from ablate.storage import outcomes
+from ablate.runs import scheduling
+from ablate.runs import stopping
 from ablate import storage as S
-from ablate.checkpoint import CheckpointWriteError, remove_stale
-from ablate.scheduling import Unit, study_units
-from ablate.study import Study
-from ablate.train import Epoch, Recipe, load_data, resolve_device, schedule, train, train_runs
-from ablate.variants import VariantSpec
+from ablate.engine.checkpoint import CheckpointWriteError, remove_stale
+from ablate.runs.scheduling import Unit, study_units
+from ablate.spec.study import Study, definition, growth
+from ablate.engine.train import Epoch, Recipe, load_data, resolve_device, schedule, train, train_runs
+from ablate.spec.variants import VariantSpec
 
 DEFAULT_STORAGE = S.DEFAULT_STORAGE
 GRACE_SECONDS = 30  # a RUNNING trial whose heartbeat is older than this is stale (its process died)
 DriverError = S.StorageError  # a problem with the storage or a stored study; the message says how to fix it
 recipe_dict = S.recipe_dict
-definition = S.definition
 
 __all__ = ["Unit", "study_units", "run_study", "Progress", "DriverError"]
 
@@ -304,7 +307,7 @@ def fuse_size(fuse: int | str, spec: VariantSpec, study: Study, device: torch.de
         return 1
     if fuse != "auto":
         return int(fuse)
-    from ablate.models import measure
+    from ablate.engine.models import measure
 
     recipe = study.recipe_for(spec)
     info = study.info if recipe.resize is None else dataclasses.replace(study.info, size=recipe.resize)
@@ -711,7 +714,7 @@ def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optun
     mine = definition(study)
     stored = S.StudyAttrs.read(ostudy.user_attrs).definition
     if stored is not None:
-        why, grows = S.growth(stored, mine)
+        why, grows = growth(stored, mine)
         if why is not None:
             raise DriverError(
                 f"the storage already holds a study named {study.name!r} made from a different study file "
@@ -725,7 +728,7 @@ def _create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optun
 
 
 def study_attrs(study: Study) -> S.StudyAttrs:
-    from ablate.models import measure
+    from ablate.engine.models import measure
 
     rows = []
     for spec in study.variants:

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.data import DatasetInfo
-from ablate.variants import EXPANSION, VariantSpec
+from ablate.engine.data import DatasetInfo
+from ablate.spec.variants import EXPANSION, VariantSpec
 
 
 class Unit(nn.Module):

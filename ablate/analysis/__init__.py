@@ -1,0 +1,1 @@
+"""A stored study as tables, statistics and verdicts."""

@@ -1,0 +1,1 @@
+"""Data on the device, the parametric ResNet family, training and checkpoints. Imports no Optuna."""

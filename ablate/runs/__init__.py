@@ -1,0 +1,1 @@
+"""Running a study: units, scheduling, the run loop, workers and stopping."""

@@ -1,0 +1,1 @@
+"""The study file and what it declares: datasets, variants, recipes, limits. Imports neither torch nor Optuna."""

@@ -1,0 +1,264 @@
+"""Optuna's RDB storage: opening it for many workers, claiming a unit exactly once, heartbeats.
+
+Optuna's RDB internals (its ORM models, the session that creates a trial) are touched here and
+nowhere else in ablate: claiming a unit must read and create under one database lock, which
+Optuna's public API cannot do (docs/distributed.md). A test (tests/test_layers.py) holds every
+other module to Optuna's public names.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from ablate import failpoints
+from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, StorageError, TrialAttrs, trial_key
+from ablate.storage.outcomes import TrialRecord, failure_kind
+
+__all__ = ['safe_url', 'one_line', 'sqlite_path', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'claim', 'heartbeats']
+
+if TYPE_CHECKING:
+    import optuna
+
+# ---------------------------------------------------------------- opening
+
+
+def safe_url(storage: str) -> str:
+    """The storage URL without its password, for messages and the provenance section."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: show it without anything that looks like user:password@
+        return re.sub(r"//[^/@]*@", "//***@", storage)
+
+
+def one_line(exc: BaseException) -> str:
+    """A storage error in one line: the database's own message, without SQLAlchemy's SQL text and link."""
+    cause = exc.__cause__ if type(exc).__name__ == "StorageInternalError" and exc.__cause__ is not None else exc
+    orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's exception
+    text = str(orig if orig is not None else cause).strip()
+    text = re.split(r"\n|\[SQL: |\(Background on this error at", text)[0].strip()
+    return text or type(exc).__name__
+
+
+def sqlite_path(storage: str) -> Path | None:
+    """The file of an SQLite URL (None for other databases and in-memory SQLite)."""
+    if not storage.startswith("sqlite:///"):
+        return None
+    path = storage[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def backend(storage: "optuna.storages.RDBStorage") -> str:
+    return storage.engine.dialect.name  # "sqlite", "postgresql", "mysql"
+
+
+def _check_url(url: str) -> Any:
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:
+        raise StorageError(f"--storage: {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or "
+                           "postgresql+psycopg://user@host/db") from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not Path(database).expanduser().parent.exists():
+            raise StorageError(f"--storage: the folder of {database} does not exist; create it or choose another path")
+    return parsed
+
+
+def _sqlite_for_workers(engine: Any) -> None:
+    """SQLite shared by many processes (docs/distributed.md): write-ahead logging, so readers
+    never wait for a writer; a busy timeout, so a writer waits for the lock instead of failing;
+    and every transaction begun with BEGIN IMMEDIATE, so it takes the write lock before it reads.
+    Python's sqlite3 otherwise begins a transaction only at its first write, so Optuna's
+    read-then-update steps (failing a stale trial, finishing one) are not atomic between
+    processes, and a claim's read could be stale by the time it writes."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # no implicit BEGIN: ours below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SECONDS * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners: gone
+
+
+def _quiet(fn: Callable[[], Any]) -> Any:
+    import optuna
+
+    with warnings.catch_warnings():  # heartbeats are experimental in Optuna; they are what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return fn()
+
+
+def open_storage(url: str, grace: int | None = None) -> "optuna.storages.RDBStorage":
+    """Optuna's RDB storage at `url`. With `grace` (seconds), for running trials: Optuna's
+    heartbeat every grace/3 seconds, a trial whose heartbeat is older than `grace` stale; on
+    SQLite, set up for many processes (`_sqlite_for_workers`). Without, for reading."""
+    import optuna
+
+    parsed = _check_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    kwargs: dict[str, Any] = {}
+    if sqlite:
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+    if grace is not None:
+        kwargs.update(heartbeat_interval=heartbeat_interval(grace), grace_period=grace)
+    attempts = 8 if sqlite else 3
+    for attempt in range(attempts):
+        try:
+            storage = _quiet(lambda: optuna.storages.RDBStorage(url, **kwargs))
+            break
+        except ModuleNotFoundError as exc:
+            raise StorageError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name}); "
+                               "install it or use SQLite") from None
+        except Exception as exc:  # SQLAlchemy and Optuna errors: connection refused, bad schema, ...
+            # Many workers creating one new storage at once race to create its tables: all but
+            # one fail ("already exists", a duplicate key); the next attempt finds them made.
+            racing = any(w in str(exc).lower() for w in ("already exists", "unique", "duplicate", "locked"))
+            if racing and attempt < attempts - 1:
+                time.sleep(random.uniform(0.05, 0.5))
+                continue
+            raise StorageError(f"--storage: cannot open {safe_url(url)}: {one_line(exc)}") from None
+    if sqlite and grace is not None:
+        _sqlite_for_workers(storage.engine)
+    return storage
+
+
+def heartbeat_interval(grace: int) -> int:
+    return max(1, grace // 3)
+
+
+# ---------------------------------------------------------------- claiming a unit, exactly once
+
+
+def _models() -> Any:
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def _lock(session: Any, storage: "optuna.storages.RDBStorage", study_id: int) -> None:
+    """The study's claim lock, held to the end of the session's transaction. SQLite: the
+    transaction began with BEGIN IMMEDIATE (`_sqlite_for_workers`), which is the lock.
+    PostgreSQL: a transaction-level advisory lock on the study. Others: the study's row."""
+    from sqlalchemy import text
+
+    kind = backend(storage)
+    if kind == "sqlite":
+        session.connection()  # begins the transaction: BEGIN IMMEDIATE, which waits for the write lock
+    elif kind == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:ns, :study)"), {"ns": 0x61626C, "study": study_id})
+    elif kind != "sqlite":
+        _models().StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+
+
+def _unit_records(session: Any, study_id: int) -> list[TrialRecord]:
+    """Every trial of the study with its unit and how it failed: what claiming decides on."""
+
+    m = _models()
+    keys = (trial_key("unit"), trial_key("failure_kind"), trial_key("failure"))
+    trials = session.query(m.TrialModel.trial_id, m.TrialModel.number, m.TrialModel.state).filter(
+        m.TrialModel.study_id == study_id).order_by(m.TrialModel.trial_id).all()
+    attrs: dict[int, dict[str, Any]] = {}
+    rows = session.query(m.TrialUserAttributeModel.trial_id, m.TrialUserAttributeModel.key, m.TrialUserAttributeModel.value_json).join(
+        m.TrialModel, m.TrialModel.trial_id == m.TrialUserAttributeModel.trial_id).filter(
+        m.TrialModel.study_id == study_id, m.TrialUserAttributeModel.key.in_(keys)).all()
+    for trial_id, key, value in rows:
+        attrs.setdefault(trial_id, {})[key] = json.loads(value)
+    out = []
+    for trial_id, number, state in trials:
+        ua = attrs.get(trial_id, {})
+        out.append(TrialRecord(number, state.name, ua.get(keys[0]), failure_kind(state.name, ua)))
+    return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trial to create for a unit: its state (RUNNING: this worker runs it; FAIL: the unit is
+    recorded as impossible), params with their distributions, and user attributes."""
+
+    unit: str
+    state: str
+    params: Mapping[str, Any]
+    distributions: Mapping[str, Any]
+    user_attrs: Mapping[str, Any]
+    group: str = ""  # units of one group may be claimed together (a variant's: ablate run --fuse)
+
+
+def claim(storage: "optuna.storages.RDBStorage", ostudy: "optuna.Study", candidates: Sequence[Candidate],
+          claimable: Callable[[list[TrialRecord]], set[str]], limit: int = 1) -> list[int]:
+    """Create the trials of up to `limit` candidates, each unit exactly once across every process.
+
+    `candidates` come in order of preference. Under the study's lock (`_lock`) the trials are
+    read again and `claimable(records)` says which units may still be claimed (ablate.scheduling);
+    the first claimable candidate is taken, with further ones of its `group` up to `limit`, and
+    their trials are created before the lock is released: no other process can claim them after.
+    A RUNNING trial gets its first heartbeat in the same transaction, so a worker killed before
+    its heartbeat thread starts still leaves a trial that goes stale. Returns the trial ids
+    created (none: another worker was quicker; plan again).
+
+    Params are written with their own distributions: a study that grew (new variants, so new
+    categorical choices) keeps its older trials as they were.
+    """
+    import optuna
+    from sqlalchemy.orm import Session
+
+    m = _models()
+    created: list[int] = []
+    with Session(storage.engine) as session, session.begin():
+        _lock(session, storage, ostudy._study_id)
+        failpoints.reach("claim")
+        free = claimable(_unit_records(session, ostudy._study_id))
+        chosen = [c for c in candidates if c.unit in free]
+        if chosen:
+            chosen = [c for c in chosen if c.group == chosen[0].group][:max(1, limit)]
+        for c in chosen:
+            state = optuna.trial.TrialState[c.state]
+            template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING if state == optuna.trial.TrialState.FAIL else state,
+                                                 user_attrs=dict(c.user_attrs))
+            trial = storage._get_prepared_new_trial(ostudy._study_id, template, session)
+            session.flush()
+            for name, value in c.params.items():
+                dist = c.distributions[name]
+                storage._set_trial_param_without_commit(session, trial.trial_id, name, dist.to_internal_repr(value), dist,
+                                                        previous_distribution=dist)
+            if state == optuna.trial.TrialState.RUNNING:
+                session.add(m.TrialHeartbeatModel(trial_id=trial.trial_id))
+            else:
+                trial.state = state
+                trial.datetime_complete = trial.datetime_start
+            created.append(trial.trial_id)
+    return created
+
+
+def heartbeats(storage: "optuna.storages.RDBStorage", trial_ids: Sequence[int]) -> dict[int, Any]:
+    """The last heartbeat of each trial that has one (UTC, as the database's clock keeps it),
+    and the database's time now under the key -1; Optuna has no public way to ask."""
+    from sqlalchemy import func
+    from sqlalchemy.orm import Session
+
+    m = _models()
+    with Session(storage.engine) as session:
+        now = session.execute(func.now()).scalar()
+        rows = session.query(m.TrialHeartbeatModel.trial_id, m.TrialHeartbeatModel.heartbeat).filter(
+            m.TrialHeartbeatModel.trial_id.in_(list(trial_ids))).all() if trial_ids else []
+    out = {tid: beat for tid, beat in rows}
+    out[-1] = now
+    return out
