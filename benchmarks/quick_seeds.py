@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from ablate.study import load_study
-from ablate.tables import open_study, recipes_of, samples, searched_keys, trials_table, variant_summary, verdicts
+from ablate.spec.study import load_study
+from ablate.analysis.tables import open_study, recipes_of, samples, searched_keys, trials_table, variant_summary, verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "studies" / "quick.toml"

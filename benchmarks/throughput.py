@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ablate.bench import device_name, run_bench
-from ablate.train import resolve_device
+from ablate.engine.bench import device_name, run_bench
+from ablate.engine.train import resolve_device
 
 # name -> (run_bench options, training images per epoch on a CPU, on a GPU). The CPU counts keep
 # each case within about three minutes on 2 cores; the GPU counts are a full CIFAR epoch (and

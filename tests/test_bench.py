@@ -11,8 +11,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from ablate.bench import BenchResult, bench, run_bench
-from ablate.variants import VariantSpec
+from ablate.engine.bench import BenchResult, bench, run_bench
+from ablate.spec.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)
 

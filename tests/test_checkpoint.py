@@ -13,11 +13,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ablate import checkpoint
-from ablate.data import DATASETS
-from ablate.models import build_model
-from ablate.train import Recipe, load_data, train
-from ablate.variants import VariantSpec
+from ablate.engine import checkpoint
+from ablate.engine.data import DATASETS
+from ablate.engine.models import build_model
+from ablate.engine.train import Recipe, load_data, train
+from ablate.spec.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)
 FINGERPRINT = {"spec": repr(TINY), "seed": 3}

@@ -24,8 +24,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ablate import bundled, data
-from ablate.data import AUGMENTATIONS, DataError, Split, augment, batches, load_dataset, normalize, split_indices
+from ablate.engine import bundled
+from ablate.engine import data
+from ablate.engine.data import AUGMENTATIONS, DataError, Split, augment, batches, load_dataset, normalize, split_indices
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

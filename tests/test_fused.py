@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate import checkpoint
-from ablate.catalog import dataset_info
-from ablate.models import build_model, fuse_states, split_state
-from ablate.train import Epoch, Precision, Recipe, load_data, train, train_runs
-from ablate.variants import VariantSpec
+from ablate.engine import checkpoint
+from ablate.spec.catalog import dataset_info
+from ablate.engine.models import build_model, fuse_states, split_state
+from ablate.engine.train import Epoch, Precision, Recipe, load_data, train, train_runs
+from ablate.spec.variants import VariantSpec
 
 CIFAR16 = dataclasses.replace(dataset_info("cifar10"), size=16)
 SEEDS = [11, 12, 13]
@@ -114,23 +114,41 @@ def test_one_fused_step_equals_separate_steps(axis):
             torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6, msg=lambda msg: f"{key}: {msg}")
 
 
-# fp32 on the basic-block axes. The bottleneck toy nets (width 4, random labels) amplify fp32
-# rounding to ~1e-3 in 20 steps, fused or not; in fp64 every axis agrees to 1e-12, so the fused
-# step is the same arithmetic and what is left is rounding.
-TWENTY = [(a, torch.float32) for a in ("plain", "residual-A", "residual-C", "preact-B", "imagenet-stem")] + [
-    (a, torch.float64) for a in AXES]
-
-
-@pytest.mark.parametrize("axis, dtype", TWENTY)
-def test_twenty_fused_steps_equal_separate_steps(axis, dtype):
+# In fp64 every axis agrees to 1e-12 after 20 steps: the fused step is the same arithmetic. In
+# fp32 what is left is rounding, which these toy nets (width 4, random labels) amplify over 20
+# steps by an amount that depends on the CPU's kernels (an exact comparison passed on one CPU and
+# failed on another). So fp32 is held to the exact (fp64) trajectory instead: the fused nets may
+# stray from it by rounding, never by the percents a wrong fused step would give.
+@pytest.mark.parametrize("axis", list(AXES))
+def test_twenty_fused_steps_equal_separate_steps_in_fp64(axis):
     spec = AXES[axis]
-    models = [m.to(dtype) for m in separate(spec)]
-    fused = fused_of(spec, models).to(dtype)
-    step_both(spec, models, fused, 20, dtype)
-    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    models = [m.to(torch.float64) for m in separate(spec)]
+    fused = fused_of(spec, models).to(torch.float64)
+    step_both(spec, models, fused, 20, torch.float64)
     for m, state in zip(models, split_state(fused.state_dict(), len(models))):
         for key, value in m.state_dict().items():
-            torch.testing.assert_close(state[key], value, **tol, msg=lambda msg: f"{key}: {msg}")
+            torch.testing.assert_close(state[key], value, rtol=1e-10, atol=1e-12, msg=lambda msg: f"{key}: {msg}")
+
+
+@pytest.mark.parametrize("axis", ["plain", "residual-A", "residual-C", "preact-B", "bottleneck-B", "imagenet-stem"])
+def test_twenty_fused_steps_in_fp32_stray_from_exact_no_more_than_separate_steps(axis):
+    spec = AXES[axis]
+    exact = [m.to(torch.float64) for m in separate(spec)]
+    step_both(spec, exact, fused_of(spec, separate(spec)).to(torch.float64), 20, torch.float64)
+    models = separate(spec)
+    fused = fused_of(spec, models)
+    step_both(spec, models, fused, 20, torch.float32)
+    for ref, m, state in zip(exact, models, split_state(fused.state_dict(), len(models))):
+        for key, value in ref.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            separate_drift = (m.state_dict()[key].double() - value).abs().max().item()
+            fused_drift = (state[key].double() - value).abs().max().item()
+            # Grouped convolutions accumulate in another order than ordinary ones (here 3e-5 after
+            # 20 steps on weights of 0.1, against 1e-7 unfused); a wrong fused step (runs mixed, a
+            # gradient scaled) is off by percents.
+            scale = value.abs().max().item() + 1e-3
+            assert fused_drift <= 10 * separate_drift + 2e-3 * scale, f"{key}: fused {fused_drift:.3g} from exact, separate {separate_drift:.3g}"
 
 
 def test_split_runs_load_into_ordinary_models_and_fuse_back():

@@ -32,12 +32,15 @@ from conftest import QUICK_STUDY
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ablate import report, stats, storage as S, tables
-from ablate.data import DATASETS, FASHION_MNIST_SYSTEM_DIR
-from ablate.models import measure
-from ablate.study import load_study as load_study_file
-from ablate.tables import ReportError
-from ablate.variants import VariantSpec
+from ablate import report
+from ablate.analysis import stats
+from ablate import storage as S
+from ablate.analysis import tables
+from ablate.engine.data import DATASETS, FASHION_MNIST_SYSTEM_DIR
+from ablate.engine.models import measure
+from ablate.spec.study import load_study as load_study_file
+from ablate.analysis.tables import ReportError
+from ablate.spec.variants import VariantSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPO = Path(__file__).resolve().parents[1]

@@ -22,12 +22,14 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-import ablate.driver as driver
-from ablate import checkpoint, failpoints, outcomes
+import ablate.runs.runner as driver
+from ablate.engine import checkpoint
+from ablate import failpoints
+from ablate.storage import outcomes
 from ablate.cli import app
-from ablate.study import parse_study
-from ablate.tables import failures, trials_table, variant_summary
-from ablate.train import load_data, train
+from ablate.spec.study import parse_study
+from ablate.analysis.tables import failures, trials_table, variant_summary
+from ablate.engine.train import load_data, train
 
 TINY = """
 name = "{name}"
@@ -185,7 +187,7 @@ def run_args(study_file: Path, db: Path, *extra: str) -> list[str]:
 def test_signals_are_held_while_a_trial_trains_and_raised_at_the_next_safe_point():
     """Real signals to this process: outside a trial they stop at once; inside (`deferred`) at the
     next `check()`, unless a second one comes; the handlers are restored after."""
-    from ablate import stopping
+    from ablate.runs import stopping
 
     before = signal.getsignal(signal.SIGTERM)
     with stopping.handled():

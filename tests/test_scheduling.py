@@ -3,10 +3,10 @@ record as impossible, what to wait for. Milliseconds, no storage, no training.""
 
 from __future__ import annotations
 
-from ablate import outcomes
-from ablate.scheduling import Unit, failed_units, plan, study_units, unit_state
+from ablate.storage import outcomes
+from ablate.runs.scheduling import Unit, failed_units, plan, study_units, unit_state
 from ablate.storage import TrialRecord
-from ablate.study import parse_study
+from ablate.spec.study import parse_study
 
 SEARCHED = """
 name = "s"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ablate import stats
+from ablate.analysis import stats
 
 DRAWS = 4000
 SE = math.sqrt(0.05 * 0.95 / DRAWS)  # binomial standard error of a 5% rate
@@ -157,7 +157,7 @@ def test_the_report_verdict_is_calibrated_end_to_end_on_null_data():
     degradation question at most about 5% of the time; a 3-sigma rise is found most of the time."""
     import pandas as pd
 
-    from ablate import tables
+    from ablate.analysis import tables
 
     def findings(rng, rise: float):
         trials = []

@@ -9,11 +9,11 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from ablate import checkpoint
-from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.limits import MAX_LR
-from ablate.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, point_steps, precision_for, resolve_device, schedule, train
-from ablate.variants import VariantSpec
+from ablate.engine import checkpoint
+from ablate.engine.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.spec.limits import MAX_LR
+from ablate.engine.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, point_steps, precision_for, resolve_device, schedule, train
+from ablate.spec.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)
 FAST = Recipe(epochs=3, batch_size=64, lr=0.05, schedule="cosine", val_size=128)

@@ -12,9 +12,9 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ablate.data import DATASETS
-from ablate.models import PadShortcut, Unit, build_model, count_macs, count_params, measure
-from ablate.variants import AXES, REGISTRY, VariantSpec, get_variant, list_variants, make_variant
+from ablate.engine.data import DATASETS
+from ablate.engine.models import PadShortcut, Unit, build_model, count_macs, count_params, measure
+from ablate.spec.variants import AXES, REGISTRY, VariantSpec, get_variant, list_variants, make_variant
 
 CIFAR = DATASETS["cifar10"]
 IMAGENET = dataclasses.replace(CIFAR, name="imagenet", size=224, classes=1000)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.bundled import BUNDLED, bundled_path, write_bundle
-from ablate.data import _IDX, FASHION_MNIST_SYSTEM_DIR, _find, _read_idx, balanced_test_indices, split_indices
+from ablate.engine.bundled import BUNDLED, bundled_path, write_bundle
+from ablate.engine.data import _IDX, FASHION_MNIST_SYSTEM_DIR, _find, _read_idx, balanced_test_indices, split_indices
 
 NAME = "fashion-mnist"
 SOURCE = "Fashion-MNIST, Han Xiao, Kashif Rasul, Roland Vollgraf, Zalando Research, 2017: github.com/zalandoresearch/fashion-mnist"

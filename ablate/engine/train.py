@@ -28,7 +28,7 @@ from ablate.engine.data import Split, Splits, augment, batches, load_dataset, no
 from ablate.engine.models import build_model, count_params, fuse_states, measure, split_state
 from ablate.spec.recipe import (  # noqa: F401 (re-exported)
     ALTERNATIVES, DATA_ORDER_KEYS, PRECISIONS, SCHEDULES, WARMUPS, Recipe, Schedule, check_recipe, lr_at, make_recipe,
-    schedule, steps_per_epoch, train_size,
+    input_info, schedule, steps_per_epoch, train_size,
 )
 from ablate.spec.variants import VariantSpec
 
@@ -146,11 +146,6 @@ def _inputs(images: torch.Tensor | list[torch.Tensor], info, recipe: Recipe, pre
     if recipe.resize is not None and recipe.resize != info.size:
         x = F.interpolate(x, size=(recipe.resize, recipe.resize), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x
-
-
-def input_info(info, recipe: Recipe):
-    """The dataset metadata as the network sees it (the resolution after `resize`)."""
-    return info if recipe.resize is None else dataclasses.replace(info, size=recipe.resize)
 
 
 def _evaluate(model: nn.Module, split: Split, info, recipe: Recipe, device: torch.device, precision: Precision,

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ablate.runs import stopping
+from ablate.runs.options import GRACE_SECONDS
 from ablate.spec.study import Study
 
 
@@ -78,13 +79,14 @@ def run_workers(study: Study, study_path: Path, storage: str, workers: int, *, d
     file is one error here, not N."""
     import optuna
 
-    from ablate.runs import runner as driver
+    from ablate import storage as S
+    from ablate.runs.setup import create_or_check
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        storage_obj = driver.storage_for_run(storage)
-        driver._create_or_check(study, storage_obj)
-    except driver.DriverError as exc:
+        storage_obj = S.open_storage(storage, grace=GRACE_SECONDS)
+        create_or_check(study, storage_obj)
+    except S.StorageError as exc:
         raise WorkerError(str(exc)) from None
     args = _worker_args(forward)
     envs = placement(workers, device)
@@ -108,7 +110,7 @@ def run_workers(study: Study, study_path: Path, storage: str, workers: int, *, d
     where = ", ".join(f"GPU {e['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in e else f"{threads or share} CPU threads"
                       for e, share in envs)
     console.print(f"{workers} workers on {study.name} ({where})", highlight=False, soft_wrap=True)
-    reader = driver.open_storage(storage)
+    reader = S.open_storage(storage)
     last = ""
     with stopping.handled():
         try:
@@ -144,13 +146,15 @@ def _progress_line(storage: Any, name: str) -> str:
     """"units 5/16 done, 3 running (host:pid cuda:0 epoch 2, ...)": the study's progress from the storage."""
     import optuna
 
-    from ablate.runs import runner as driver
+    import sqlalchemy
+
+    from ablate.runs.status import running_trials, study_progress
 
     try:
         ostudy = optuna.load_study(study_name=name, storage=storage)
-        p = driver.study_progress(ostudy)
-        running = driver.running_trials(ostudy, storage)
-    except Exception:  # not created yet, or a busy moment: the next poll
-        return ""
+        p = study_progress(ostudy)
+        running = running_trials(ostudy)
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        return ""  # not created yet (KeyError), or a busy moment: the next poll
     who = ", ".join(f"{r['unit']} on {r['worker']}" for r in running if r["worker"] is not None)
     return f"units {p['done']}/{p['units']} done, {p['running']} running" + (f": {who}" if who else "")

@@ -257,3 +257,10 @@ def lr_at(r: Recipe, step: int, sched: Schedule) -> float:
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
     """A Recipe as stored (`recipe` attributes): a dict, tuples as lists."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}
+
+
+def input_info(info: Any, recipe: Recipe) -> Any:
+    """The dataset metadata as the network sees it: the resolution after the recipe's `resize`."""
+    import dataclasses
+
+    return info if recipe.resize is None else dataclasses.replace(info, size=recipe.resize)

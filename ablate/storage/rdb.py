@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ablate import failpoints
+from ablate.spec.paths import user_path
 from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, StorageError, TrialAttrs, trial_key
 from ablate.storage.outcomes import TrialRecord, failure_kind
 
-__all__ = ['safe_url', 'one_line', 'sqlite_path', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'claim', 'heartbeats']
+__all__ = ['safe_url', 'one_line', 'sqlite_path', 'in_memory', 'storage_url', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'Claimed', 'claim', 'trial_id', 'rdb_of', 'heartbeats']
 
 if TYPE_CHECKING:
     import optuna
@@ -49,11 +50,37 @@ def one_line(exc: BaseException) -> str:
 
 
 def sqlite_path(storage: str) -> Path | None:
-    """The file of an SQLite URL (None for other databases and in-memory SQLite)."""
-    if not storage.startswith("sqlite:///"):
+    """The database file of an SQLite URL, `~` expanded (ablate.spec.paths); None for other
+    databases and for in-memory SQLite. The one parse of SQLite URLs: opening the database,
+    checking its folder and placing checkpoints beside it all go through here."""
+    if not storage.startswith("sqlite:"):
         return None
-    path = storage[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
+    try:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(storage).database
+    except Exception:  # not a URL at all: _check_url says so
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return user_path(database, "--storage")
+
+
+def in_memory(storage: str) -> bool:
+    """An SQLite database that lives in one process's memory: nothing in it outlives the run."""
+    if not storage.startswith("sqlite:"):
+        return False
+    rest = storage[len("sqlite:"):].split("?", 1)[0]
+    return rest in ("", "//", "///", "///:memory:") or ":memory:" in rest or "mode=memory" in storage
+
+
+def storage_url(storage: str) -> str:
+    """The URL as the database is opened: an SQLite file with `~` expanded; others unchanged."""
+    path = sqlite_path(storage)
+    if path is None:
+        return storage
+    query = storage.split("?", 1)[1] if "?" in storage else ""
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
 
 
 def backend(storage: "optuna.storages.RDBStorage") -> str:
@@ -68,10 +95,9 @@ def _check_url(url: str) -> Any:
     except Exception:
         raise StorageError(f"--storage: {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or "
                            "postgresql+psycopg://user@host/db") from None
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:" and not Path(database).expanduser().parent.exists():
-            raise StorageError(f"--storage: the folder of {database} does not exist; create it or choose another path")
+    path = sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        raise StorageError(f"--storage: the folder of {path} does not exist; create it or choose another path")
     return parsed
 
 
@@ -112,8 +138,10 @@ def open_storage(url: str, grace: int | None = None) -> "optuna.storages.RDBStor
     heartbeat every grace/3 seconds, a trial whose heartbeat is older than `grace` stale; on
     SQLite, set up for many processes (`_sqlite_for_workers`). Without, for reading."""
     import optuna
+    import sqlalchemy
 
     parsed = _check_url(url)
+    url = storage_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     kwargs: dict[str, Any] = {}
     if sqlite:
@@ -128,7 +156,9 @@ def open_storage(url: str, grace: int | None = None) -> "optuna.storages.RDBStor
         except ModuleNotFoundError as exc:
             raise StorageError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name}); "
                                "install it or use SQLite") from None
-        except Exception as exc:  # SQLAlchemy and Optuna errors: connection refused, bad schema, ...
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError) as exc:
+            # Connection refused, not a database, a schema of another Optuna (RuntimeError); an
+            # error of ours or an API change (TypeError, AttributeError) is a bug and propagates.
             # Many workers creating one new storage at once race to create its tables: all but
             # one fail ("already exists", a duplicate key); the next attempt finds them made.
             racing = any(w in str(exc).lower() for w in ("already exists", "unique", "duplicate", "locked"))
@@ -202,50 +232,88 @@ class Candidate:
     group: str = ""  # units of one group may be claimed together (a variant's: ablate run --fuse)
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A trial created by `claim`: its id, and whether this worker runs it (else it was recorded failed)."""
+
+    trial_id: int
+    running: bool
+
+
 def claim(storage: "optuna.storages.RDBStorage", ostudy: "optuna.Study", candidates: Sequence[Candidate],
-          claimable: Callable[[list[TrialRecord]], set[str]], limit: int = 1) -> list[int]:
+          claimable: Callable[[list[TrialRecord]], set[str]], limit: int = 1) -> list[Claimed]:
     """Create the trials of up to `limit` candidates, each unit exactly once across every process.
 
     `candidates` come in order of preference. Under the study's lock (`_lock`) the trials are
-    read again and `claimable(records)` says which units may still be claimed (ablate.scheduling);
+    read again and `claimable(records)` says which units may still be claimed (ablate.runs.scheduling);
     the first claimable candidate is taken, with further ones of its `group` up to `limit`, and
     their trials are created before the lock is released: no other process can claim them after.
     A RUNNING trial gets its first heartbeat in the same transaction, so a worker killed before
-    its heartbeat thread starts still leaves a trial that goes stale. Returns the trial ids
-    created (none: another worker was quicker; plan again).
+    its heartbeat thread starts still leaves a trial that goes stale. Returns the trials created
+    (none: another worker was quicker; plan again).
 
-    Params are written with their own distributions: a study that grew (new variants, so new
-    categorical choices) keeps its older trials as they were.
+    The rows are written with Optuna's ORM models (stable since Optuna 2), not its private
+    methods, whose signatures change between releases. Params are written with their own
+    distributions: a study that grew (new variants, so new categorical choices) keeps its older
+    trials as they were.
     """
-    import optuna
     from sqlalchemy.orm import Session
 
-    m = _models()
-    created: list[int] = []
+    study_id = _study_id(ostudy)
+    created: list[Claimed] = []
     with Session(storage.engine) as session, session.begin():
-        _lock(session, storage, ostudy._study_id)
+        _lock(session, storage, study_id)
         failpoints.reach("claim")
-        free = claimable(_unit_records(session, ostudy._study_id))
+        free = claimable(_unit_records(session, study_id))
         chosen = [c for c in candidates if c.unit in free]
         if chosen:
             chosen = [c for c in chosen if c.group == chosen[0].group][:max(1, limit)]
         for c in chosen:
-            state = optuna.trial.TrialState[c.state]
-            template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING if state == optuna.trial.TrialState.FAIL else state,
-                                                 user_attrs=dict(c.user_attrs))
-            trial = storage._get_prepared_new_trial(ostudy._study_id, template, session)
-            session.flush()
-            for name, value in c.params.items():
-                dist = c.distributions[name]
-                storage._set_trial_param_without_commit(session, trial.trial_id, name, dist.to_internal_repr(value), dist,
-                                                        previous_distribution=dist)
-            if state == optuna.trial.TrialState.RUNNING:
-                session.add(m.TrialHeartbeatModel(trial_id=trial.trial_id))
-            else:
-                trial.state = state
-                trial.datetime_complete = trial.datetime_start
-            created.append(trial.trial_id)
+            created.append(_create_trial(session, study_id, c))
     return created
+
+
+def _create_trial(session: Any, study_id: int, c: Candidate) -> Claimed:
+    """One trial's rows, as Optuna's own `create_new_trial` writes them, in the claim's transaction."""
+    import datetime
+
+    from optuna.distributions import distribution_to_json
+    from optuna.trial import TrialState
+
+    m = _models()
+    trial = m.TrialModel(study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
+    session.add(trial)
+    session.flush()  # the trial's id
+    for key, value in c.user_attrs.items():
+        session.add(m.TrialUserAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
+    for name, value in c.params.items():
+        dist = c.distributions[name]
+        session.add(m.TrialParamModel(trial_id=trial.trial_id, param_name=name, param_value=dist.to_internal_repr(value),
+                                      distribution_json=distribution_to_json(dist)))
+    running = c.state == "RUNNING"
+    if running:
+        session.add(m.TrialHeartbeatModel(trial_id=trial.trial_id))
+    else:
+        trial.state = TrialState[c.state]
+        trial.datetime_complete = trial.datetime_start
+    trial.number = trial.count_past_trials(session)
+    session.add(trial)
+    return Claimed(trial.trial_id, running)
+
+
+def _study_id(ostudy: "optuna.Study") -> int:
+    return ostudy._study_id
+
+
+def trial_id(trial: Any) -> int:
+    """The storage's id of a trial (FrozenTrial or Trial); Optuna keeps it private."""
+    return trial._trial_id
+
+
+def rdb_of(ostudy: "optuna.Study") -> "optuna.storages.RDBStorage":
+    """The RDB storage behind a loaded study (Optuna wraps it in a cache)."""
+    storage = ostudy._storage
+    return getattr(storage, "_backend", storage)
 
 
 def heartbeats(storage: "optuna.storages.RDBStorage", trial_ids: Sequence[int]) -> dict[int, Any]:

@@ -1,0 +1,241 @@
+"""The Optuna study a study file becomes: its params and their distributions, the fair sampler
+and pruner, and the study's stored attributes (docs/storage.md).
+
+One Optuna study holds every variant, so optuna-dashboard plots the ablation axes; each
+variant's search still samples and prunes against its own trials alone (`PerVariantSampler`,
+`PerVariantPruner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import warnings
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from ablate import __version__
+from ablate import storage as S
+from ablate.runs.scheduling import Unit, study_units
+from ablate.spec.recipe import Recipe, input_info, recipe_dict
+from ablate.spec.study import Study, definition, growth
+
+__all__ = ["distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest",
+           "PerVariantSampler", "PerVariantPruner", "create_or_check", "study_attrs"]
+
+
+# ---------------------------------------------------------------- what a trial's params are
+
+
+def _searched(study: Study) -> dict[str, Any]:
+    return {p.key: p for p in (study.search.space if study.search else ())}
+
+
+def _distribution(values: list[Any]) -> BaseDistribution:
+    """The narrowest distribution holding every value a param takes across the study."""
+    if any(isinstance(v, (bool, str)) for v in values):
+        return CategoricalDistribution(sorted(set(values), key=str))
+    if all(isinstance(v, int) for v in values):
+        return IntDistribution(min(values), max(values))
+    return FloatDistribution(float(min(values)), float(max(values)))
+
+
+def _searched_distribution(p: Any) -> BaseDistribution:
+    if p.kind == "choice":
+        return CategoricalDistribution(list(p.choices))
+    if p.kind == "int":
+        return IntDistribution(p.low, p.high, log=p.log)
+    return FloatDistribution(p.low, p.high, log=p.log)
+
+
+def distributions(study: Study) -> dict[str, BaseDistribution]:
+    """One distribution per param over the whole study, so every trial's params are compatible
+    and the dashboard's slice / parallel-coordinate / importance plots span the ablation axes.
+    A recipe key that a variant overrides spans every variant's value."""
+    dists: dict[str, BaseDistribution] = {}
+    axes = [S.spec_params(s) for s in study.variants]
+    for key in axes[0]:
+        values = [a[key] for a in axes]
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        dists[key] = IntDistribution(min(values), max(values)) if ints else CategoricalDistribution(sorted(set(values), key=str))
+    searched = _searched(study)
+    recipes = [study.recipe_for(spec) for spec in study.variants]
+    for f in dataclasses.fields(Recipe):
+        if f.name in searched:
+            dists[f.name] = _searched_distribution(searched[f.name])
+            continue
+        values = [S.flat(getattr(r, f.name)) for r in recipes if getattr(r, f.name) is not None]
+        if values:
+            dists[f.name] = _distribution(values)
+    dists["seed"] = IntDistribution(0, study.final_seeds[-1])
+    return dists
+
+
+def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The params known before a unit runs: everything but the searched values of a search trial."""
+    params = {**S.spec_params(unit.variant), "seed": unit.seed}
+    searched = _searched(study)
+    recipe = study.recipe_for(unit.variant)
+    for f in dataclasses.fields(Recipe):
+        value = getattr(recipe, f.name)
+        if f.name in searched:
+            if unit.kind == "final":
+                params[f.name] = best[f.name] if best is not None else value
+        elif value is not None:
+            params[f.name] = S.flat(value)
+    return params
+
+
+def param_keys(study: Study, unit: Unit) -> list[str]:
+    """The params a unit's trial holds: its fixed params and, for a search trial, the searched keys."""
+    searched = list(_searched(study))
+    return list(dict.fromkeys([*fixed_params(study, unit, {k: None for k in searched}), *searched]))
+
+
+def trial_recipe(study: Study, unit: Unit, params: dict[str, Any]) -> Recipe:
+    """The recipe a trial trains: its variant's, with the trial's searched values."""
+    searched = _searched(study)
+    return dataclasses.replace(study.recipe_for(unit.variant), **{k: params[k] for k in searched if k in params})
+
+
+def objective_metric(study: Study) -> str:
+    """What a trial's value and intermediate values are: the validation error when the study
+    searches (so the sampler and the pruner never see the test set), else the test error."""
+    return "val_error" if study.search is not None else "test_error"
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """The trial's value of `name`: sampled for a searched key, its fixed value otherwise."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+    assert isinstance(dist, FloatDistribution)
+    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+
+
+def versions() -> dict[str, str]:
+    """What a trial ran on, stored with it."""
+    import torch
+    import torchvision
+
+    v = {"ablate": __version__, "python": platform.python_version(), "torch": torch.__version__,
+         "torchvision": torchvision.__version__, "optuna": optuna.__version__}
+    if torch.cuda.is_available():
+        v["cuda"] = str(torch.version.cuda)
+        v["gpu"] = torch.cuda.get_device_name()
+    return v
+
+
+# ---------------------------------------------------------------- fairness: per-variant sampling and pruning
+
+
+def _same_variant(study: optuna.Study, trial: FrozenTrial, states: tuple[TrialState, ...]) -> optuna.Study:
+    """An in-memory copy of `study` holding only the search trials of `trial`'s variant in
+    `states` (never `trial` itself)."""
+    variant = S.TrialAttrs.read(trial.user_attrs).variant
+    shadow = optuna.create_study(direction="minimize")
+    mine = []
+    for t in study.get_trials(deepcopy=False, states=states):
+        a = S.TrialAttrs.read(t.user_attrs)
+        if a.variant == variant and a.kind == "search" and t.number != trial.number:
+            mine.append(t)
+    shadow.add_trials(mine)
+    return shadow
+
+
+class PerVariantSampler(optuna.samplers.BaseSampler):
+    """Samples a variant's searched values from that variant's trials alone.
+
+    One Optuna study holds every variant (so the dashboard can plot the ablation axes), but a
+    learning rate that suits residual nets must not steer the search of the plain ones: each
+    variant gets the same budget and its own TPE (or random) search.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler):
+        self._inner = inner
+
+    def infer_relative_search_space(self, study, trial):  # noqa: D102 (independent sampling only)
+        return {}
+
+    def sample_relative(self, study, trial, search_space):  # noqa: D102
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
+        # RUNNING trials too: with several workers, TPE's constant liar counts the values being
+        # tried elsewhere as bad ones for now, so parallel workers do not all sample one spot.
+        shadow = _same_variant(study, trial, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        return self._inner.sample_independent(shadow, trial, param_name, param_distribution)
+
+
+class PerVariantPruner(optuna.pruners.BasePruner):
+    """Prunes a search trial only against the same variant's completed search trials: a plain
+    net is never stopped for being worse than a residual one."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner):
+        self._inner = inner
+
+    def prune(self, study, trial):  # noqa: D102
+        return self._inner.prune(_same_variant(study, trial, (TrialState.COMPLETE,)), trial)
+
+
+def sampler_for(study: Study) -> optuna.samplers.BaseSampler:
+    if study.search is None or study.search.sampler == "random":
+        inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler()
+    else:
+        with warnings.catch_warnings():  # constant_liar is experimental in Optuna; it is what parallel workers need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            inner = optuna.samplers.TPESampler(n_startup_trials=max(2, study.search.trials // 3), constant_liar=True)
+    return PerVariantSampler(inner)
+
+
+def pruner_for(study: Study) -> optuna.pruners.BasePruner:
+    if study.search is None or study.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return PerVariantPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+
+
+# ---------------------------------------------------------------- the study in storage
+
+
+def create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    """The study's Optuna study, created with its attributes, or checked against them: a study
+    file may grow a stored study (more variants, more seeds: only the new units run), never
+    change what a stored unit means (ablate.spec.study.growth)."""
+    ostudy = optuna.create_study(
+        study_name=study.name, storage=storage, direction="minimize", load_if_exists=True,
+        sampler=sampler_for(study), pruner=pruner_for(study),
+    )
+    mine = definition(study)
+    stored = S.StudyAttrs.read(ostudy.user_attrs).definition
+    if stored is not None:
+        why, grows = growth(stored, mine)
+        if why is not None:
+            raise S.StorageError(
+                f"the storage already holds a study named {study.name!r} made from a different study file "
+                f"({why}); a study may only grow (more variants, more seeds); rename the study (name = ...) "
+                "or use another --storage"
+            )
+        if not grows:
+            return ostudy
+    study_attrs(study).write(ostudy)  # new, or grown: every worker writes the same values
+    return ostudy
+
+
+def study_attrs(study: Study) -> S.StudyAttrs:
+    from ablate.engine.models import measure
+
+    rows = []
+    for spec in study.variants:
+        params, macs = measure(spec, input_info(study.info, study.recipe_for(spec)))
+        rows.append({"name": spec.name, **spec.axes(), "params": params, "macs": macs,
+                     "train": study.overrides.get(spec.name, {})})
+    return S.StudyAttrs(
+        ablate_version=__version__, study_file=study.source, study_path=study.path, description=study.description,
+        dataset=study.dataset, definition=definition(study), variants=rows, recipe=recipe_dict(study.recipe),
+        search=study.search.describe() if study.search else None, seeds=study.seeds, first_seed=study.first_seed,
+        units=len(study_units(study)), objective=objective_metric(study),
+    )
