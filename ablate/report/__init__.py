@@ -1,4 +1,13 @@
-"""The HTML report and the exported tables."""
+"""The HTML report and the exported tables: drawn from a finished `ablate.analysis.StudyResults`.
 
-from ablate.report.page import *  # noqa: F401,F403
-from ablate.report.page import __all__  # noqa: F401
+    figures   plotly figures of finished tables
+    page      the self-contained page: render(results), write_report(name, storage)
+    export    `ablate export`: the tables as CSV or Parquet
+"""
+
+from ablate.analysis.frames import ReportError
+from ablate.report.export import EXPORT_FORMATS, export_tables, write_tables
+from ablate.report.page import build_report, default_path, render, write_page, write_report
+
+__all__ = ["ReportError", "EXPORT_FORMATS", "export_tables", "write_tables", "build_report", "default_path", "render",
+           "write_page", "write_report"]

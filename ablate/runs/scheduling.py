@@ -20,11 +20,11 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ablate.storage import TrialRecord
+from ablate.storage.outcomes import selection_error
 from ablate.spec.study import FIRST_SEED, Study
 from ablate.spec.variants import VariantSpec
 
@@ -91,12 +91,6 @@ def unit_state(records: Sequence[TrialRecord]) -> UnitState:
 def failed_units(records: Sequence[TrialRecord]) -> dict[str, TrialRecord]:
     """Units whose counting trial failed for a reason of their own: unit key -> that trial."""
     return {k: r for k, r in unit_state(records).done.items() if r.state == "FAIL"}
-
-
-def selection_error(val_error: float | None, test_error: float) -> float:
-    """What picks a variant's final recipe among its search trials: the validation error when the
-    recipe holds a split out, so the test set never chooses hyperparameters; else the test error."""
-    return test_error if val_error is None or math.isnan(val_error) else val_error
 
 
 def best_search(records: Sequence[TrialRecord], variant: str) -> TrialRecord | None:

@@ -9,8 +9,8 @@ code that touches Optuna's private API (`ablate.storage.rdb`).
 from ablate.storage import outcomes
 from ablate.storage.contract import *  # noqa: F401,F403
 from ablate.storage.contract import __all__ as _contract
-from ablate.storage.outcomes import TrialRecord, record, records
+from ablate.storage.outcomes import TrialRecord, record, records, selection_error
 from ablate.storage.rdb import *  # noqa: F401,F403
 from ablate.storage.rdb import __all__ as _rdb
 
-__all__ = ["outcomes", *_contract, "TrialRecord", "record", "records", *_rdb]
+__all__ = ["outcomes", *_contract, "TrialRecord", "record", "records", "selection_error", *_rdb]

@@ -141,3 +141,9 @@ def records(trials: Iterable["FrozenTrial"]) -> list[TrialRecord]:
     with (Optuna's `fixed_params`), for a trial killed before its objective set any."""
     return [record(t.number, t.state.name, t.user_attrs, {**t.system_attrs.get("fixed_params", {}), **t.params},
                    t.value if t.values else None) for t in trials]
+
+
+def selection_error(val_error: float | None, test_error: float) -> float:
+    """What picks a variant's final recipe among its search trials: the validation error when the
+    recipe holds a split out, so the test set never chooses hyperparameters; else the test error."""
+    return test_error if val_error is None or math.isnan(val_error) else val_error

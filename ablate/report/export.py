@@ -1,0 +1,44 @@
+"""`ablate export`: a study's tables as CSV or Parquet files, for notebooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablate.analysis.frames import ReportError
+from ablate.analysis.results import StudyResults, load_results
+from ablate.report.page import default_path
+from ablate.spec.paths import usable_dir
+
+__all__ = ["EXPORT_FORMATS", "export_tables", "write_tables"]
+
+EXPORT_FORMATS = ("csv", "parquet")
+
+
+def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str = "csv") -> list[Path]:
+    """Write the per-trial, per-epoch and per-variant tables, the findings and the per-point
+    training curves of a study as `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings`,
+    `-points` in `out_dir` (`~` expanded, created when missing); returns the paths (parquet
+    through pyarrow, a dependency)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ReportError(f"format: {fmt!r} is not valid; use one of {', '.join(EXPORT_FORMATS)}")
+    results = load_results(study_name, storage)
+    return write_tables(results, usable_dir(out_dir, "--out-dir", create=True), fmt)
+
+
+def write_tables(results: StudyResults, out: Path, fmt: str = "csv") -> list[Path]:
+    stem = default_path(results.name).stem
+    frames = {"trials": results.trials, "epochs": results.epochs, "variants": results.summary,
+              "findings": results.findings_table, "points": results.points}
+    paths = []
+    for name, frame in frames.items():
+        path = out / f"{stem}-{name}.{fmt}"
+        frame = frame.copy()
+        for c in frame.columns:  # one plain type per column, for parquet
+            if frame[c].dtype == object:
+                frame[c] = frame[c].map(lambda v: v if v is None or type(v) in (str, bool, int, float) else str(v))
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
+        paths.append(path)
+    return paths
