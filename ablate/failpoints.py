@@ -19,11 +19,17 @@ import signal
 ENV = "ABLATE_FAILPOINT"
 POINTS = ("checkpoint-write", "trial-complete", "report-write", "storage-open", "plan", "claim")
 
+
+
 def _parse(spec: str) -> dict[str, int]:
-    """"name" or "name:N", several separated by commas: point -> the time it stops there."""
+    """"name" or "name:N", several separated by commas: point -> the time it stops there. A name
+    that is not one of POINTS is an error at once: a misspelt failpoint would never fire, and the
+    test that set it would pass without testing anything."""
     out = {}
     for part in filter(None, spec.split(",")):
         name, _, nth = part.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"{ENV}: {name!r} is not a failpoint; use one of {', '.join(POINTS)}")
         out[name] = int(nth or 1)
     return out
 
@@ -34,6 +40,7 @@ _counts: dict[str, int] = {}
 
 def reach(name: str) -> None:
     """Mark the moment `name` (one of POINTS); stops this process there if a test asked for it."""
+    assert name in POINTS, f"failpoint {name!r} is not in POINTS"
     if name not in _points:
         return
     _counts[name] = _counts.get(name, 0) + 1

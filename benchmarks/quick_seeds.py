@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ablate.spec.study import load_study
-from ablate.analysis.tables import open_study, recipes_of, samples, searched_keys, trials_table, variant_summary, verdicts
+from ablate.analysis import open_study, recipes_of, samples, searched_keys, trials_table, variant_summary, verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "studies" / "quick.toml"

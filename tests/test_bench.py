@@ -11,7 +11,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from ablate.engine.bench import BenchResult, bench, run_bench
+from ablate.cli.bench import bench
+from ablate.engine.bench import BenchResult, run_bench
 from ablate.spec.variants import VariantSpec
 
 TINY = VariantSpec(depth=8, width=4)

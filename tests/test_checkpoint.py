@@ -118,7 +118,7 @@ def test_stale_temporary_files_are_removed_but_not_a_live_writers(tmp_path):
     assert checkpoint.remove_stale(tmp_path / "absent") == []
     # Written as ablate writes them now, with the host: only this host's dead writers are removed;
     # another host's writer (a shared checkpoint folder) is left alone, whatever its pid here.
-    here = tmp_path / f"c_final_0-123.pt.tmp{dead}-{checkpoint._host()}"
+    here = tmp_path / f"c_final_0-123.pt.tmp{dead}-{checkpoint.host_name()}"
     there = tmp_path / f"d_final_0-123.pt.tmp{dead}-another-machine.example"
     for p in (here, there):
         p.write_bytes(b"partial")

@@ -341,7 +341,7 @@ REPO = Path(__file__).resolve().parents[1]
 def without_system_copy(monkeypatch, tmp_path) -> Path:
     """Fashion-MNIST as on a machine without Debian's package: the system-wide folder is elsewhere
     and empty, and nothing is downloaded. Returns a data dir with nothing in it."""
-    monkeypatch.setitem(data._LAYOUTS, "fashion-mnist", replace(data._LAYOUTS["fashion-mnist"], elsewhere=(tmp_path / "system",)))
+    monkeypatch.setitem(data.LAYOUTS, "fashion-mnist", replace(data.LAYOUTS["fashion-mnist"], elsewhere=(tmp_path / "system",)))
     monkeypatch.setattr(data, "_download", lambda *args: pytest.fail("downloaded although the bundled subset holds the data"))
     return tmp_path / "data"
 
@@ -366,7 +366,7 @@ def test_the_bundle_is_small_and_carries_its_licence():
 def test_the_bundle_holds_the_official_images():
     """Against Debian's copy of the official files: every label, and each bundled image where it belongs."""
     b = bundled.read_bundle("fashion-mnist")
-    train_x, train_y, test_x, test_y = data._read("fashion-mnist", str(FASHION))
+    train_x, train_y, test_x, test_y = data.read_files("fashion-mnist", str(FASHION))
     assert np.array_equal(b.train_labels, train_y.numpy()) and np.array_equal(b.test_labels, test_y.numpy())
     assert np.array_equal(b.train_images, train_x[torch.from_numpy(b.train_index).long()].numpy())
     assert np.array_equal(b.test_images, test_x[torch.from_numpy(b.test_index).long()].numpy())
@@ -430,7 +430,7 @@ def test_what_the_bundle_does_not_hold_is_a_clear_error(tmp_path, monkeypatch, k
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn"])
 def test_missing_dataset_is_one_clear_error(tmp_path, monkeypatch, name):
     nowhere = tmp_path / "system"
-    monkeypatch.setitem(data._LAYOUTS, "fashion-mnist", replace(data._LAYOUTS["fashion-mnist"], elsewhere=(nowhere,)))
+    monkeypatch.setitem(data.LAYOUTS, "fashion-mnist", replace(data.LAYOUTS["fashion-mnist"], elsewhere=(nowhere,)))
     monkeypatch.setattr(data, "_download", lambda *args: pytest.fail("downloaded with download=False"))
     with pytest.raises(DataError) as error:
         load_dataset(name, data_dir=tmp_path / "data", download=False)
@@ -512,7 +512,7 @@ def test_synthetic_is_deterministic():
     assert first.train.images.shape == (2048, 3, 16, 16) and first.test.images.shape == (512, 3, 16, 16)
     assert first.train.images is not second.train.images  # a copy of the cache, not the cache
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
-    a, b = (data._synthetic_images(64, 16, np.random.default_rng(0)) for _ in range(2))
+    a, b = (data.synthetic_images(64, 16, np.random.default_rng(0)) for _ in range(2))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert first.train.labels.bincount().tolist() == [205] * 8 + [204] * 2
     assert first.test.labels.bincount().tolist() == [52] * 2 + [51] * 8

@@ -21,7 +21,10 @@ import optuna
 import pytest
 from conftest import SMALL_STUDY, ablate
 
-import ablate.runs.runner as driver
+import ablate.runs as driver
+from ablate.runs.options import GRACE_SECONDS
+from ablate.spec.study import definition
+from ablate.storage import StorageError, open_storage
 from ablate.engine.data import FASHION_MNIST_SYSTEM_DIR
 from ablate.spec.limits import MAX_LR
 from ablate.spec.study import load_study, parse_study
@@ -88,7 +91,7 @@ train = { iterations = 40, warmup = "constant", warmup_iterations = 5 }
         for name, value in params.items():
             assert dists[name]._contains(dists[name].to_internal_repr(value)), name
     assert set(driver.param_keys(study, units["resnet-8-w4", "search", 0])) == {*r8}  # lr: searched
-    assert json.loads(driver.definition(study))["overrides"] == {"resnet-20-w4": {"iterations": 40, "warmup": "constant", "warmup_iterations": 5}}
+    assert json.loads(definition(study))["overrides"] == {"resnet-20-w4": {"iterations": 40, "warmup": "constant", "warmup_iterations": 5}}
     recipe = driver.trial_recipe(study, units["resnet-20-w4", "final", 0], {**r20, "lr": 0.07})
     assert (recipe.iterations, recipe.lr, recipe.train_subset) == (40, 0.07, 512)
 
@@ -100,19 +103,19 @@ def test_sampler_and_pruner_see_only_the_same_variants_search_trials():
         study.add_trial(optuna.trial.create_trial(params={"lr": value}, distributions=dist, value=value,
                                                   user_attrs={"variant": variant, "kind": kind}))
     probe = optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=0.5, user_attrs={"variant": "a", "kind": "search"})
-    shadow = driver._same_variant(study, probe, (optuna.trial.TrialState.COMPLETE,))
+    shadow = driver.same_variant(study, probe, (optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.params["lr"] for t in shadow.get_trials()) == [0.1, 0.4]
 
 
 def test_definition_changes_are_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = parse_study(SMALL)
-    storage = driver.storage_for_run(url)
-    driver._create_or_check(study, storage)
-    driver._create_or_check(study, storage)  # the same definition: fine
+    storage = open_storage(url, grace=GRACE_SECONDS)
+    driver.create_or_check(study, storage)
+    driver.create_or_check(study, storage)  # the same definition: fine
     changed = replace(study, recipe=replace(study.recipe, epochs=3))
-    with pytest.raises(driver.DriverError, match=r"made from a different study file \(it differs in: recipe\)"):
-        driver._create_or_check(changed, storage)
+    with pytest.raises(StorageError, match=r"made from a different study file \(it differs in: recipe\)"):
+        driver.create_or_check(changed, storage)
 
 
 @pytest.mark.parametrize(
@@ -121,8 +124,8 @@ def test_definition_changes_are_refused(tmp_path):
      ("postgresql+nosuchdriver://u@localhost/db", "--storage:")],
 )
 def test_bad_storage_urls(url, expected):
-    with pytest.raises(driver.DriverError, match=expected):
-        driver.open_storage(url)
+    with pytest.raises(StorageError, match=expected):
+        open_storage(url)
 
 
 def test_cli_bad_storage_exits_2(tmp_path):
@@ -431,10 +434,10 @@ def test_parallel_search_sees_the_running_trials_of_its_variant_and_never_itself
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params={"lr": 0.5}, distributions=dist,
                                                   user_attrs={"variant": variant, "kind": "search"}))
     me = study.get_trials()[1]
-    shadow = driver._same_variant(study, me, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING))
+    shadow = driver.same_variant(study, me, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING))
     # trial 0 (complete) and trial 2 (running elsewhere); never trial 1 (itself) nor trial 3 (another variant's)
     assert sorted(t.state.name for t in shadow.get_trials()) == ["COMPLETE", "RUNNING"]
-    sampler = driver._sampler(parse_study(SMALL))
-    assert sampler._inner._constant_liar
+    sampler = driver.sampler_for(parse_study(SMALL))
+    assert sampler.inner._constant_liar
     value = sampler.sample_independent(study, me, "lr", dist["lr"])
     assert 0.01 <= value <= 1.0

@@ -24,7 +24,8 @@ from ablate.spec import limits
 from ablate.spec.recipe import MAX_ITERATIONS
 from ablate.cli import app
 from ablate.engine.data import DATASETS
-from ablate.runs.runner import definition, distributions, study_units
+from ablate.runs import distributions, study_units
+from ablate.spec import definition
 from ablate.spec.study import SEARCHABLE, TOP_LEVEL, Study, StudyError, parse_study
 from ablate.engine.train import Recipe
 from ablate.spec.variants import ACTIVATIONS, AXES, BLOCKS, CONNECTIONS, SHORTCUTS, STEMS

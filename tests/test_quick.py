@@ -17,7 +17,7 @@ from ablate.analysis import stats
 
 from ablate.engine.data import BUNDLED_SOURCE
 from ablate.spec.study import load_study
-from ablate.analysis.tables import recipes_of, samples, trials_table, variant_summary, verdicts
+from ablate.analysis import recipes_of, samples, trials_table, variant_summary, verdicts
 
 def final_train_errors(storage: str) -> dict[str, dict[int, float]]:
     """Per variant, seed -> final training error of its final run."""

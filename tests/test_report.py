@@ -35,11 +35,11 @@ from optuna.trial import TrialState
 from ablate import report
 from ablate.analysis import stats
 from ablate import storage as S
-from ablate.analysis import tables
+from ablate import analysis as tables
 from ablate.engine.data import DATASETS, FASHION_MNIST_SYSTEM_DIR
 from ablate.engine.models import measure
 from ablate.spec.study import load_study as load_study_file
-from ablate.analysis.tables import ReportError
+from ablate.analysis import ReportError, compare
 from ablate.spec.variants import VariantSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -281,8 +281,8 @@ def storage(tmp_path_factory) -> str:
 # =========================================================================== tables
 
 
-def load(storage: str, name: str) -> report.ReportData:
-    return report.collect(tables.open_study(name, storage), storage)
+def load(storage: str, name: str) -> tables.StudyResults:
+    return tables.load_results(name, storage)
 
 
 def test_missing_study_is_a_clear_error_listing_the_studies(storage):
@@ -300,8 +300,8 @@ def test_missing_sqlite_file_is_an_error_and_is_not_created(tmp_path):
 
 
 def test_safe_url_hides_the_password():
-    assert "secret" not in tables.safe_url("postgresql://ablate:secret@db.example:5432/ablate")
-    assert tables.safe_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert "secret" not in S.safe_url("postgresql://ablate:secret@db.example:5432/ablate")
+    assert S.safe_url("sqlite:///a.db") == "sqlite:///a.db"
 
 
 def test_trials_table_has_one_row_per_trial_with_axes_states_and_hyperparameters(storage):
@@ -422,8 +422,8 @@ def test_welch_when_the_seeds_or_data_order_differ():
     same = tables.Samples(values, {"a": "[128]", "b": "[128]"})
     other = tables.Samples(values, {"a": "[128]", "b": "[64]"})  # another batch size: seed k saw other batches
     row_a, row_b = summary.iloc[0], summary.iloc[1]
-    assert tables._compare(row_a, row_b, "train_error", same).method == "paired t-test"
-    assert tables._compare(row_a, row_b, "train_error", other).method == "Welch's t-test"
+    assert compare(row_a, row_b, "train_error", same).method == "paired t-test"
+    assert compare(row_a, row_b, "train_error", other).method == "Welch's t-test"
 
 
 def test_preact_and_bottleneck_pairs_and_paper_values(storage):

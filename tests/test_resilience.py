@@ -22,13 +22,14 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-import ablate.runs.runner as driver
+import ablate.runs as driver
+from ablate.storage import open_storage
 from ablate.engine import checkpoint
 from ablate import failpoints
 from ablate.storage import outcomes
 from ablate.cli import app
 from ablate.spec.study import parse_study
-from ablate.analysis.tables import failures, trials_table, variant_summary
+from ablate.analysis import failures, trials_table, variant_summary
 from ablate.engine.train import load_data, train
 
 TINY = """
@@ -140,8 +141,8 @@ def test_a_trial_taken_but_never_beaten_is_retried(tmp_path):
     period and retries the unit."""
     study = parse_study(tiny("unbeaten", epochs=1))
     url = f"sqlite:///{tmp_path / 'u.db'}"
-    storage = driver.storage_for_run(url, grace=2)
-    ostudy = driver._create_or_check(study, storage)
+    storage = open_storage(url, grace=2)
+    ostudy = driver.create_or_check(study, storage)
     unit = driver.study_units(study)[1]  # resnet-8-w4/final/0
     ostudy.enqueue_trial(driver.fixed_params(study, unit), user_attrs={"unit": unit.key, "variant": unit.variant.name,
                                                                       "kind": unit.kind, "index": unit.index, "seed": unit.seed})

@@ -157,7 +157,7 @@ def test_the_report_verdict_is_calibrated_end_to_end_on_null_data():
     degradation question at most about 5% of the time; a 3-sigma rise is found most of the time."""
     import pandas as pd
 
-    from ablate.analysis import tables
+    from ablate import analysis as tables
 
     def findings(rng, rise: float):
         trials = []

@@ -244,7 +244,8 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, content, expected):
 
 
 def test_seeds_start_gives_disjoint_seed_sets():
-    from ablate.runs import runner as driver
+    import ablate.runs as driver
+    from ablate.spec.study import definition
 
     base = 'name = "x"\ndataset = "cifar10"\n[grid]\nconnection = ["plain", "residual"]\ndepth = [20]\n[seeds]\ncount = 3\n'
     first, second = parse_study(base), parse_study(base + "start = 4\n")
@@ -254,8 +255,8 @@ def test_seeds_start_gives_disjoint_seed_sets():
         for unit in driver.study_units(study):
             by_variant.setdefault(unit.variant.name, []).append(unit.seed)
         assert list(by_variant.values()) == [list(study.final_seeds)] * 2
-    assert json.loads(driver.definition(second))["first_seed"] == 4  # another study: not resumed from the first's storage
-    assert "first_seed" not in json.loads(driver.definition(first))  # storages written before [seeds] start still match
+    assert json.loads(definition(second))["first_seed"] == 4  # another study: not resumed from the first's storage
+    assert "first_seed" not in json.loads(definition(first))  # storages written before [seeds] start still match
     assert driver.distributions(second)["seed"].high == 6
 
 

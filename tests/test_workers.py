@@ -25,6 +25,7 @@ from ablate.storage import outcomes
 from ablate.runs.scheduling import study_units
 from ablate.storage import TrialAttrs
 from ablate.spec.study import parse_study
+from ablate.storage import StorageError
 
 TINY = """
 name = "many"
@@ -172,7 +173,7 @@ def test_a_study_grows_by_variants_and_seeds_and_only_the_new_units_train(tmp_pa
     units and keeps the old trials as they were; changing what a stored unit means is refused."""
     import dataclasses
 
-    import ablate.runs.runner as driver
+    import ablate.runs as driver
 
     url = f"sqlite:///{tmp_path / 'g.db'}"
     small = parse_study(TINY.format(seeds=1, epochs=1, images=256).replace('["plain", "residual"]', '["plain"]'))
@@ -196,7 +197,7 @@ def test_a_study_grows_by_variants_and_seeds_and_only_the_new_units_train(tmp_pa
     for changed, what in ((dataclasses.replace(grown, recipe=dataclasses.replace(grown.recipe, lr=0.1)), "recipe"),
                           (dataclasses.replace(grown, dataset="fashion-mnist"), "dataset"),
                           (small, "variants, seeds")):
-        with pytest.raises(driver.DriverError, match=rf"\(it differs in: {what}\); a study may only grow"):
+        with pytest.raises(StorageError, match=rf"\(it differs in: {what}\); a study may only grow"):
             driver.run_study(changed, url, device="cpu")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ablate.engine.bundled import BUNDLED, bundled_path, write_bundle
-from ablate.engine.data import _IDX, FASHION_MNIST_SYSTEM_DIR, _find, _read_idx, balanced_test_indices, split_indices
+from ablate.engine.data import IDX_FILES, FASHION_MNIST_SYSTEM_DIR, find_file, read_idx, balanced_test_indices, split_indices
 
 NAME = "fashion-mnist"
 SOURCE = "Fashion-MNIST, Han Xiao, Kashif Rasul, Roland Vollgraf, Zalando Research, 2017: github.com/zalandoresearch/fashion-mnist"
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=bundled_path(NAME), help=f"default: ablate/assets/{BUNDLED[NAME]}")
     args = parser.parse_args(argv)
 
-    paths = [_find(args.folder, file) for file in _IDX]
+    paths = [find_file(args.folder, file) for file in IDX_FILES]
     if None in paths:
-        print(f"error: {args.folder} lacks some of {', '.join(_IDX)} (gzipped or not)", file=sys.stderr)
+        print(f"error: {args.folder} lacks some of {', '.join(IDX_FILES)} (gzipped or not)", file=sys.stderr)
         return 2
-    train_x, train_y, test_x, test_y = (_read_idx(path) for path in paths)
+    train_x, train_y, test_x, test_y = (read_idx(path) for path in paths)
     train_index, _ = split_indices(train_y, train_subset=args.train, seed=0)
     test_index = balanced_test_indices(test_y, args.test, seed=0)
     arrays = {

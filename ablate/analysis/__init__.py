@@ -19,7 +19,7 @@ from ablate.analysis.summary import (FAMILY_AXES, SUMMARY_STATS, VARIED_AXES, de
                                      efficient_front, failures, family_label, pairs, searched_keys, sensitivity,
                                      variant_summary)
 from ablate.analysis.verdicts import (FINDING_COLUMNS, METRIC_LABELS, PAIR_QUESTIONS, TRAIN_ERROR_MEANING, Answer,
-                                      Comparison, Finding, Samples, comparison_brief, comparison_cells, findings_table, recipes_of, samples, test_words,
+                                      Comparison, Finding, compare, Samples, comparison_brief, comparison_cells, findings_table, recipes_of, samples, test_words,
                                       verdicts)
 
 __all__ = [
@@ -31,6 +31,6 @@ __all__ = [
     "Family", "PairTable", "StudyResults", "collect", "load_results",
     "FAMILY_AXES", "SUMMARY_STATS", "VARIED_AXES", "degradation_families", "depth_families", "efficient_front",
     "failures", "family_label", "pairs", "searched_keys", "sensitivity", "variant_summary",
-    "FINDING_COLUMNS", "METRIC_LABELS", "PAIR_QUESTIONS", "TRAIN_ERROR_MEANING", "Answer", "Comparison", "Finding",
+    "FINDING_COLUMNS", "METRIC_LABELS", "PAIR_QUESTIONS", "TRAIN_ERROR_MEANING", "Answer", "compare", "Comparison", "Finding",
     "Samples", "findings_table", "recipes_of", "samples", "test_words", "comparison_brief", "comparison_cells", "verdicts",
 ]

@@ -25,7 +25,7 @@ from ablate.analysis.summary import FAMILY_AXES, SUMMARY_STATS, family_label, gr
 from ablate.spec.recipe import DATA_ORDER_KEYS
 from ablate.storage import TrialAttrs
 
-__all__ = ["Answer", "Comparison", "Finding", "Samples", "samples", "recipes_of", "test_words", "verdicts",
+__all__ = ["Answer", "compare", "Comparison", "Finding", "Samples", "samples", "recipes_of", "test_words", "verdicts",
            "pair_axis", "comparison_brief", "comparison_cells", "FINDING_COLUMNS", "findings_table", "METRIC_LABELS", "TRAIN_ERROR_MEANING", "PAIR_TOPICS"]
 
 
@@ -179,7 +179,7 @@ def recipes_of(study: optuna.Study) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _compare(summary_a: pd.Series, summary_b: pd.Series, metric: str, smp: Samples) -> Comparison:
+def compare(summary_a: pd.Series, summary_b: pd.Series, metric: str, smp: Samples) -> Comparison:
     a, b = str(summary_a["variant"]), str(summary_b["variant"])
     va = smp.values.get(a, {}).get(metric, {})
     vb = smp.values.get(b, {}).get(metric, {})
@@ -276,7 +276,7 @@ def _degradation(label: str, plain: pd.DataFrame, smp: Samples) -> _Question | N
             text += " This is the degradation problem: the deeper plain net fits its training data worse."
         return Finding("degradation", label, "Does training error rise with depth for plain nets?", ans, text, tuple(cs))
 
-    return _Question([_compare(lo, hi, "train_error", smp)], answer)
+    return _Question([compare(lo, hi, "train_error", smp)], answer)
 
 
 def _residual(label: str, plain: pd.DataFrame, residual: pd.DataFrame, smp: Samples,
@@ -289,11 +289,11 @@ def _residual(label: str, plain: pd.DataFrame, residual: pd.DataFrame, smp: Samp
     d = common[-1]
     pd_, rd = p[p["depth"] == d].iloc[0], r[r["depth"] == d].iloc[0]
     shortcut = rd["shortcut"]
-    comps = [_compare(pd_, rd, "train_error", smp)]  # residual - plain at the deepest shared depth
+    comps = [compare(pd_, rd, "train_error", smp)]  # residual - plain at the deepest shared depth
     lo = hi = None
     if r["depth"].nunique() >= 2:
         lo, hi = r.iloc[0], r.iloc[-1]
-        comps.append(_compare(lo, hi, "train_error", smp))
+        comps.append(compare(lo, hi, "train_error", smp))
 
     def answer(cs: list[Comparison]) -> Finding:
         gap, rise = cs[0], (cs[1] if len(cs) > 1 else None)
@@ -342,7 +342,7 @@ def _pair_question(topic: str, question: str, label: str, pr: pd.DataFrame, a: s
         sb = pd.Series({"variant": row[f"variant_{b}"], "seeds": row[f"seeds_{b}"],
                         **{k: row[f"{k}_{b}"] for k in ("test_error_mean", "test_error_std", "train_error_mean", "train_error_std")}})
         sides.append((sa, sb, row))
-    comps = [_compare(sa, sb, "test_error", smp) for sa, sb, _ in sides]
+    comps = [compare(sa, sb, "test_error", smp) for sa, sb, _ in sides]
 
     def answer(cs: list[Comparison]) -> Finding:
         texts = []

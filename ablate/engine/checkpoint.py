@@ -58,7 +58,7 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{_host()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{host_name()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -161,7 +161,7 @@ def discard(path: Path, reason: str) -> None:
     return None
 
 
-def _host() -> str:
+def host_name() -> str:
     import socket
 
     return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
@@ -185,7 +185,7 @@ def remove_stale(directory: str | Path) -> list[Path]:
         return removed
     for p in directory.iterdir():
         m = TMP.match(p.name)
-        if m and m["name"].endswith(".pt") and m["host"] in (None, _host()) and not _alive(int(m["pid"])):
+        if m and m["name"].endswith(".pt") and m["host"] in (None, host_name()) and not _alive(int(m["pid"])):
             try:
                 p.unlink()
                 removed.append(p)

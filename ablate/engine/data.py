@@ -124,7 +124,7 @@ def load_dataset(
                 folder, missing = None, f"{exc}{why_not}"
             if missing is not None:  # raised outside the handler: one error, no chained context
                 raise DataError(missing)
-            arrays, source = _read(name, str(folder)), str(folder)
+            arrays, source = read_files(name, str(folder)), str(folder)
     train_x, train_y, test_x, test_y = arrays
     if chosen is None:
         train_idx, val_idx = split_indices(train_y, val_size=val_size, train_subset=train_subset, seed=seed)
@@ -305,7 +305,7 @@ def _affine(info: DatasetInfo, device: torch.device, dtype: torch.dtype) -> tupl
 # file could stand in) and its SVHN reader needs scipy, so the formats are read below instead.
 
 _Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train x, y, test x, y (CPU)
-_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 @dataclass(frozen=True)
@@ -317,10 +317,10 @@ class _Layout:
     elsewhere: tuple[Path, ...] = ()  # system-wide installs, searched after the data dir
 
 
-_LAYOUTS: dict[str, _Layout] = {
-    "mnist": _Layout("MNIST/raw", _IDX, "copy the four MNIST IDX files (gzipped or not) into {root}/MNIST/raw"),
+LAYOUTS: dict[str, _Layout] = {
+    "mnist": _Layout("MNIST/raw", IDX_FILES, "copy the four MNIST IDX files (gzipped or not) into {root}/MNIST/raw"),
     "fashion-mnist": _Layout(
-        "FashionMNIST/raw", _IDX,
+        "FashionMNIST/raw", IDX_FILES,
         "`apt-get install dataset-fashion-mnist`, or copy the four Fashion-MNIST IDX files (gzipped or not) "
         "into {root}/FashionMNIST/raw",
         elsewhere=(FASHION_MNIST_SYSTEM_DIR,),
@@ -343,7 +343,7 @@ _LAYOUTS: dict[str, _Layout] = {
 }
 
 
-def _find(folder: Path, name: str) -> Path | None:
+def find_file(folder: Path, name: str) -> Path | None:
     for path in (folder / name, folder / f"{name}.gz"):
         if path.is_file():
             return path
@@ -351,18 +351,18 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def _complete(folder: Path, layout: _Layout) -> bool:
-    return all(_find(folder, name) is not None for name in layout.files)
+    return all(find_file(folder, name) is not None for name in layout.files)
 
 
 def _folders(name: str, root: Path) -> list[Path]:
     """Where the full files of a dataset are looked for, in order: under the data dir, then system-wide."""
-    layout = _LAYOUTS[name]
+    layout = LAYOUTS[name]
     return [root / layout.folder, *layout.elsewhere]
 
 
 def _on_disk(name: str, root: Path) -> Path | None:
     """The first folder holding all of the dataset's files, if any."""
-    return next((folder for folder in _folders(name, root) if _complete(folder, _LAYOUTS[name])), None)
+    return next((folder for folder in _folders(name, root) if _complete(folder, LAYOUTS[name])), None)
 
 
 def _from_bundle(
@@ -399,7 +399,7 @@ def _from_bundle(
 
 def _locate(name: str, root: Path, download: bool) -> Path:
     """The folder holding the dataset's files, downloading them into `root` only if none does."""
-    layout = _LAYOUTS[name]
+    layout = LAYOUTS[name]
     own = root / layout.folder
     folders = _folders(name, root)
     found = _on_disk(name, root)
@@ -423,7 +423,7 @@ def _locate(name: str, root: Path, download: bool) -> Path:
     if _complete(own, layout):
         return own
     looked = ", ".join(str(folder) for folder in folders)
-    missing = [file for file in layout.files if _find(own, file) is None]
+    missing = [file for file in layout.files if find_file(own, file) is None]
     if own.is_dir() and len(missing) < len(layout.files):  # a partial copy: say what is lacking
         failure = f" {own} lacks {', '.join(missing)}." + failure
     raise DataError(
@@ -464,12 +464,12 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=4)
-def _read(name: str, folder: str) -> _Arrays:
+def read_files(name: str, folder: str) -> _Arrays:
     """The decoded dataset from its folder, as CPU tensors; cached, so a second load is a copy."""
     path = Path(folder)
     try:
         if name in ("mnist", "fashion-mnist"):
-            train_x, train_y, test_x, test_y = (_read_idx(_find(path, file)) for file in _IDX)
+            train_x, train_y, test_x, test_y = (read_idx(find_file(path, file)) for file in IDX_FILES)
             arrays = train_x[:, None], train_y, test_x[:, None], test_y  # add the channel axis
         elif name == "cifar10":
             train = [_read_cifar(path / f"data_batch_{i}", "labels") for i in range(1, 6)]
@@ -507,7 +507,7 @@ def _writable(array: np.ndarray) -> np.ndarray:
 _IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     """An IDX file (LeCun's MNIST format), gzipped or not: 2 zero bytes, type, rank, big-endian dims, data."""
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
         raw = file.read()
@@ -557,12 +557,12 @@ _PALETTE = np.array([(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1)], np.
 def _synthetic() -> _Arrays:
     info = DATASETS["synthetic"]
     rng = np.random.default_rng(_SYNTHETIC_SEED)
-    train = _synthetic_images(info.train_size, info.size, rng)
-    test = _synthetic_images(info.test_size, info.size, rng)  # same generator, continued: new images
+    train = synthetic_images(info.train_size, info.size, rng)
+    test = synthetic_images(info.test_size, info.size, rng)  # same generator, continued: new images
     return _checked("synthetic", "generated", (*train, *test))
 
 
-def _synthetic_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Stripes whose orientation (horizontal or vertical) and colour (which channels) give the class.
 
     Both survive crops and flips, so the labels stay right under the augmentations the metadata

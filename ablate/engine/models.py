@@ -244,11 +244,6 @@ def split_state(state: dict[str, torch.Tensor], runs: int) -> list[dict[str, tor
     return [{k: v.chunk(runs)[i].clone() if v.dim() else v.clone() for k, v in state.items()} for i in range(runs)]
 
 
-def stages(model: nn.Module) -> dict[str, nn.Module]:
-    """The named stages of a built model: `stem`, `stage1`.. and `head`, in order."""
-    return dict(model.named_children())
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

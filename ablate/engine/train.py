@@ -95,12 +95,6 @@ class Result:
         return sum(e.images_per_second for e in steady) / len(steady) if steady else None
 
 
-class Diverged(Exception):
-    def __init__(self, epoch: int, step: int, loss: float):
-        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
-        self.epoch = epoch
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA without one is a clear error."""
     if device == "auto":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GRACE_SECONDS", "MIN_GRACE_SECONDS", "CPU_FUSE", "GPU_FUSE", "parse_fuse", "check_grace", "fuse_size"]
+__all__ = ["OptionError", "GRACE_SECONDS", "MIN_GRACE_SECONDS", "CPU_FUSE", "GPU_FUSE", "parse_fuse", "check_grace", "fuse_size"]
 
 GRACE_SECONDS = 30  #: a RUNNING trial whose heartbeat is older than this is stale (its process died)
 MIN_GRACE_SECONDS = 2  #: the heartbeat beats every grace/3 seconds, at least once a second
@@ -19,6 +19,10 @@ CPU_FUSE = ((30e6, 2),)
 GPU_FUSE = ((50e6, 8), (500e6, 4))
 
 _FUSE_WORDS = ("auto", "off")
+
+
+class OptionError(ValueError):
+    """An option of `ablate run` that cannot be used; the message names it and what is valid."""
 
 
 def parse_fuse(value: Any) -> int | str:
@@ -35,13 +39,13 @@ def parse_fuse(value: Any) -> int | str:
     elif isinstance(text, int) and not isinstance(text, bool):
         runs = text
     if runs < 1:
-        raise ValueError(f"--fuse: {value!r} is not valid; use auto, off or a number of runs >= 1 (1 is off)")
+        raise OptionError(f"--fuse: {value!r} is not valid; use auto, off or a number of runs >= 1 (1 is off)")
     return runs
 
 
 def check_grace(grace: int) -> int:
     if grace < MIN_GRACE_SECONDS:
-        raise ValueError(f"--grace-period: {grace} is too short; use at least {MIN_GRACE_SECONDS} seconds "
+        raise OptionError(f"--grace-period: {grace} is too short; use at least {MIN_GRACE_SECONDS} seconds "
                          f"(default {GRACE_SECONDS})")
     return grace
 

@@ -32,7 +32,7 @@ from ablate.engine.data import Splits
 from ablate.engine.models import measure
 from ablate.engine.train import Epoch, Result, load_data, resolve_device, schedule, train, train_runs
 from ablate.runs import scheduling, stopping
-from ablate.runs.options import GRACE_SECONDS, check_grace, fuse_size, parse_fuse
+from ablate.runs.options import GRACE_SECONDS, OptionError, check_grace, fuse_size, parse_fuse
 from ablate.runs.scheduling import Unit, study_units
 from ablate.runs.setup import create_or_check, distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
 from ablate.runs.trials import reap, run_group, run_trial
@@ -383,7 +383,7 @@ def run_study(
     checkpoint that cannot be written; the trial is marked for retry and its checkpoint kept.
     """
     if S.in_memory(storage_url):
-        raise ValueError(f"--storage: {storage_url} is an in-memory database: nothing in it would outlive this run, "
+        raise OptionError(f"--storage: {storage_url} is an in-memory database: nothing in it would outlive this run, "
                          "and other workers could not see it; give a file, e.g. sqlite:///ablate.db")
     return Runner(study, storage_url, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                   progress=progress or Progress(), download=download, grace=grace, retry_failed=retry_failed, fuse=fuse).run()

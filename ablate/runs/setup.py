@@ -23,8 +23,8 @@ from ablate.runs.scheduling import Unit, study_units
 from ablate.spec.recipe import Recipe, input_info, recipe_dict
 from ablate.spec.study import Study, definition, growth
 
-__all__ = ["distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest",
-           "PerVariantSampler", "PerVariantPruner", "create_or_check", "study_attrs"]
+__all__ = ["distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest", "sampler_for", "pruner_for",
+           "PerVariantSampler", "PerVariantPruner", "same_variant", "create_or_check", "study_attrs"]
 
 
 # ---------------------------------------------------------------- what a trial's params are
@@ -133,7 +133,7 @@ def versions() -> dict[str, str]:
 # ---------------------------------------------------------------- fairness: per-variant sampling and pruning
 
 
-def _same_variant(study: optuna.Study, trial: FrozenTrial, states: tuple[TrialState, ...]) -> optuna.Study:
+def same_variant(study: optuna.Study, trial: FrozenTrial, states: tuple[TrialState, ...]) -> optuna.Study:
     """An in-memory copy of `study` holding only the search trials of `trial`'s variant in
     `states` (never `trial` itself)."""
     variant = S.TrialAttrs.read(trial.user_attrs).variant
@@ -158,6 +158,11 @@ class PerVariantSampler(optuna.samplers.BaseSampler):
     def __init__(self, inner: optuna.samplers.BaseSampler):
         self._inner = inner
 
+    @property
+    def inner(self) -> optuna.samplers.BaseSampler:
+        """The sampler each variant's search uses on its own trials."""
+        return self._inner
+
     def infer_relative_search_space(self, study, trial):  # noqa: D102 (independent sampling only)
         return {}
 
@@ -167,7 +172,7 @@ class PerVariantSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
         # RUNNING trials too: with several workers, TPE's constant liar counts the values being
         # tried elsewhere as bad ones for now, so parallel workers do not all sample one spot.
-        shadow = _same_variant(study, trial, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        shadow = same_variant(study, trial, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
         return self._inner.sample_independent(shadow, trial, param_name, param_distribution)
 
 
@@ -179,7 +184,7 @@ class PerVariantPruner(optuna.pruners.BasePruner):
         self._inner = inner
 
     def prune(self, study, trial):  # noqa: D102
-        return self._inner.prune(_same_variant(study, trial, (TrialState.COMPLETE,)), trial)
+        return self._inner.prune(same_variant(study, trial, (TrialState.COMPLETE,)), trial)
 
 
 def sampler_for(study: Study) -> optuna.samplers.BaseSampler:

@@ -274,16 +274,5 @@ def get_variant(name: str) -> VariantSpec:
         raise ValueError(f"variant: unknown name {name!r}; registered: {', '.join(REGISTRY)}") from None
 
 
-def human(n: float | None) -> str:
-    """0.27M, 40.6M, 1.82G: the papers' way of writing parameter and MAC counts."""
-    if n is None or n != n:  # None or NaN
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
-    return f"{n:.0f}"
-
-
 SPEC_FIELDS = tuple(f.name for f in fields(VariantSpec))
 assert SPEC_FIELDS == AXES
