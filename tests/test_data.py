@@ -393,7 +393,7 @@ def test_the_bundle_gives_the_same_splits_as_the_full_files(tmp_path, monkeypatc
     for name in ("train", "test"):
         a, b = getattr(full, name), getattr(small, name)
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    notes = [r.getMessage() for r in caplog.records if r.name == "ablate.data"]
+    notes = [r.getMessage() for r in caplog.records if r.name == "ablate.engine.data"]
     assert len(notes) == 1 and "\n" not in notes[0] and "using the subset bundled with ablate" in notes[0]
     assert str(tmp_path / "system") in notes[0]  # where it looked
 

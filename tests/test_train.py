@@ -150,7 +150,7 @@ def test_train_records_every_epoch(synthetic):
     assert seen[-1].lr < seen[0].lr  # cosine decays
     # The synthetic set is learnable: a tiny net gets well below chance (90% error) in 3 epochs.
     assert result.test_error < 0.6
-    assert result.params == sum(p.numel() for p in __import__("ablate.models", fromlist=["x"]).build_model(TINY, synthetic.info).parameters())
+    assert result.params == sum(p.numel() for p in __import__("ablate.engine.models", fromlist=["x"]).build_model(TINY, synthetic.info).parameters())
     assert result.macs > 0 and result.device == "cpu"
 
 

@@ -359,109 +359,144 @@ def _fit(spec: VariantSpec, recipe: Recipe, data: Splits, runs: list[_Run], devi
          params: int, macs: int, poll: Callable[[], None] | None) -> None:
     """The training loop of runs that start at the same epoch, fused into one network; sets each
     run's outcome."""
-    info = data.info
-    k_runs = len(runs)
-    with torch.device("meta"):  # no initialisation: the runs' own weights are loaded next
-        model = build_model(spec, info, runs=k_runs)
-    model = model.to_empty(device=device)
-    model.load_state_dict(fuse_states([r.model for r in runs]))
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    stages = {name: [p for p in m.parameters()] for name, m in model.named_children()}
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-        nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
-    )
-    if runs[0].optimizer is not None:
-        optimizer.load_state_dict(_fuse_optimizer([r.optimizer for r in runs]))
-    step_model = torch.compile(model) if recipe.compile else model
+    _Fit(spec, recipe, data, runs, device, precision, params, macs, poll).run()
 
-    n = len(data.train.labels)
-    sched = schedule(recipe, n)
-    drop_last, total, spe = sched.drop_last, sched.iterations, sched.steps_per_epoch
-    alive = torch.ones(k_runs, dtype=torch.bool, device=device)
 
-    live = [True] * k_runs  # mirrors `alive`, without a device sync
+class _Fit:
+    """One fused network of runs in training: the model, its optimizer and which runs are alive."""
 
-    def end(k: int, outcome: Exception | None = None, **kw: Any) -> None:
+    def __init__(self, spec: VariantSpec, recipe: Recipe, data: Splits, runs: list[_Run], device: torch.device,
+                 precision: Precision, params: int, macs: int, poll: Callable[[], None] | None):
+        self.spec, self.recipe, self.data, self.runs, self.device, self.precision = spec, recipe, data, runs, device, precision
+        self.params, self.macs, self.poll = params, macs, poll
+        self.k_runs = k_runs = len(runs)
+        with torch.device("meta"):  # no initialisation: the runs' own weights are loaded next
+            model = build_model(spec, data.info, runs=k_runs)
+        model = model.to_empty(device=device)
+        model.load_state_dict(fuse_states([r.model for r in runs]))
+        if precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.stages = {name: [p for p in m.parameters()] for name, m in model.named_children()}
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+        )
+        if runs[0].optimizer is not None:
+            self.optimizer.load_state_dict(_fuse_optimizer([r.optimizer for r in runs]))
+        self.step_model = torch.compile(model) if recipe.compile else model
+        self.sched = schedule(recipe, len(data.train.labels))
+        self.alive = torch.ones(k_runs, dtype=torch.bool, device=device)
+        self.live = [True] * k_runs  # mirrors `alive`, without a device sync
+
+    def end(self, k: int, outcome: Exception | None = None, **kw: Any) -> None:
         """Run k ends: masked out of the network, with its result (or its callback's exception)."""
-        r = runs[k]
+        r = self.runs[k]
         r.outcome = outcome if outcome is not None else Result(
-            spec=spec, recipe=recipe, seed=r.seed, device=str(device), params=params, macs=macs,
+            spec=self.spec, recipe=self.recipe, seed=r.seed, device=str(self.device), params=self.params, macs=self.macs,
             history=tuple(r.history), resumed_from=r.start_epoch, **kw)
-        alive[k], live[k] = False, False
-        if k_runs > 1:
-            _silence(model, optimizer, k, k_runs)
+        self.alive[k], self.live[k] = False, False
+        if self.k_runs > 1:
+            _silence(self.model, self.optimizer, k, self.k_runs)
 
-    def diverged(loss_sums: torch.Tensor, epoch: int, reason: Callable[[int], str]) -> None:
-        for k in (~torch.isfinite(loss_sums) & alive).nonzero().flatten().tolist():
-            end(k, diverged=True, diverged_epoch=epoch, reason=reason(k))
+    def diverged(self, loss_sums: torch.Tensor, epoch: int, reason: Callable[[int], str]) -> None:
+        for k in (~torch.isfinite(loss_sums) & self.alive).nonzero().flatten().tolist():
+            self.end(k, diverged=True, diverged_epoch=epoch, reason=reason(k))
 
-    model.train()
-    for epoch in range(runs[0].start_epoch + 1, sched.epochs + 1):
+    def run(self) -> None:
+        self.model.train()
+        for epoch in range(self.runs[0].start_epoch + 1, self.sched.epochs + 1):
+            if not self._epoch(epoch):
+                return
+        for r in self.runs:
+            if r.outcome is None:
+                self.end_well(r)
+
+    def end_well(self, r: _Run) -> None:
+        r.outcome = Result(spec=self.spec, recipe=self.recipe, seed=r.seed, device=str(self.device), params=self.params,
+                           macs=self.macs, history=tuple(r.history), resumed_from=r.start_epoch)
+
+    def _epoch(self, epoch: int) -> bool:
+        """Train one epoch, evaluate and record it; False when no run is left."""
         t0 = time.perf_counter()
-        loss_sums = torch.zeros(k_runs, device=device)
-        wrong = torch.zeros(k_runs, dtype=torch.int64, device=device)
-        grad_sums = torch.zeros(len(stages), k_runs, device=device)
-        seen = 0
-        step = (epoch - 1) * spe
-        lr = recipe.lr
-        closes = set(point_steps(spe, recipe.points_per_epoch))
-        marks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = [(step, 0, loss_sums.clone(), wrong.clone())]
-        streams = [batches(data.train, recipe.batch_size, shuffle=True, generator=r.gen, drop_last=drop_last) for r in runs]
+        k_runs, device = self.k_runs, self.device
+        self.loss_sums = torch.zeros(k_runs, device=device)
+        self.wrong = torch.zeros(k_runs, dtype=torch.int64, device=device)
+        self.grad_sums = torch.zeros(len(self.stages), k_runs, device=device)
+        self.seen = 0
+        self.step = (epoch - 1) * self.sched.steps_per_epoch
+        self.lr = self.recipe.lr
+        self.marks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = [(self.step, 0, self.loss_sums.clone(), self.wrong.clone())]
+        if not self._steps(epoch):
+            return False
+        self.diverged(self.loss_sums, epoch, lambda k: f"loss became {self.loss_sums[k].item()} at epoch {epoch} (lr {self.lr:.4g})")
+        if not any(self.live):
+            return False
+        if self.marks[-1][0] != self.step:  # a partial last epoch: close its last interval
+            self.marks.append((self.step, self.seen, self.loss_sums.clone(), self.wrong.clone()))
+        self._record(epoch, t0, time.perf_counter() - t0)
+        return any(self.live)
+
+    def _steps(self, epoch: int) -> bool:
+        """The epoch's optimizer steps; False when every run diverged."""
+        recipe, runs, k_runs, data = self.recipe, self.runs, self.k_runs, self.data
+        closes = set(point_steps(self.sched.steps_per_epoch, recipe.points_per_epoch))
+        streams = [batches(data.train, recipe.batch_size, shuffle=True, generator=r.gen, drop_last=self.sched.drop_last) for r in runs]
         for i, pairs in enumerate(zip(*streams)):
-            if step >= total:  # `iterations` ends training inside this epoch
+            if self.step >= self.sched.iterations:  # `iterations` ends training inside this epoch
                 break
-            lr = lr_at(recipe, step, sched)
-            for group in optimizer.param_groups:
+            self.lr = lr = lr_at(recipe, self.step, self.sched)
+            for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images = [augment(im, recipe.augment, generator=r.gen) if recipe.augment else im for (im, _), r in zip(pairs, runs)]
             labels = torch.stack([lb for _, lb in pairs], 1)  # [N, runs]
-            x = _inputs(images, info, recipe, precision)
-            with _autocast(device, precision):
-                logits = step_model(x).view(len(labels), k_runs, -1)
+            x = _inputs(images, data.info, recipe, self.precision)
+            with _autocast(self.device, self.precision):
+                logits = self.step_model(x).view(len(labels), k_runs, -1)
                 losses = torch.stack([F.cross_entropy(logits[:, k].float(), labels[:, k], label_smoothing=recipe.label_smoothing)
                                       for k in range(k_runs)])
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             # The runs' parameters are disjoint: the gradient of the sum is each run's own gradient.
-            (losses.sum() if all(live) else losses[alive].sum()).backward()
-            grad_sums += _stage_norms(stages, k_runs)
-            optimizer.step()
-            loss_sums += losses.detach()
-            wrong += (logits.detach().argmax(2) != labels).sum(0)
-            seen += len(labels)
-            step += 1
+            (losses.sum() if all(self.live) else losses[self.alive].sum()).backward()
+            self.grad_sums += _stage_norms(self.stages, k_runs)
+            self.optimizer.step()
+            self.loss_sums += losses.detach()
+            self.wrong += (logits.detach().argmax(2) != labels).sum(0)
+            self.seen += len(labels)
+            self.step += 1
             if i + 1 in closes:  # copies of the running sums: no device sync until the epoch ends
-                marks.append((step, seen, loss_sums.clone(), wrong.clone()))
-            if poll is not None:
-                poll()
+                self.marks.append((self.step, self.seen, self.loss_sums.clone(), self.wrong.clone()))
+            if self.poll is not None:
+                self.poll()
             # A NaN stays NaN in the running sum, so checking every few steps (one device sync)
             # stops a diverged run within a few steps of the divergence.
-            if (i % 16 == 15 or device.type == "cpu") and not bool(torch.isfinite(loss_sums[alive]).all()):
-                diverged(loss_sums, epoch, lambda k: f"loss became {losses[k].item()} at epoch {epoch}, step {step} (lr {lr:.4g})")
-                if not any(live):
-                    return
-        diverged(loss_sums, epoch, lambda k: f"loss became {loss_sums[k].item()} at epoch {epoch} (lr {lr:.4g})")
-        if not any(live):
-            return
-        if marks[-1][0] != step:  # a partial last epoch: close its last interval
-            marks.append((step, seen, loss_sums.clone(), wrong.clone()))
-        train_seconds = time.perf_counter() - t0
-        steps = max(1, step - (epoch - 1) * spe)
-        norms = (grad_sums / steps).T.tolist()
-        losses_, wrong_ = [v / steps for v in loss_sums.tolist()], wrong.tolist()
-        test = _evaluate(model, data.test, info, recipe, device, precision, runs=k_runs)
-        val = _evaluate(model, data.val, info, recipe, device, precision, runs=k_runs) if data.val is not None else [None] * k_runs
+            if (i % 16 == 15 or self.device.type == "cpu") and not bool(torch.isfinite(self.loss_sums[self.alive]).all()):
+                step = self.step
+                self.diverged(self.loss_sums, epoch, lambda k: f"loss became {losses[k].item()} at epoch {epoch}, step {step} (lr {lr:.4g})")
+                if not any(self.live):
+                    return False
+        return True
+
+    def _record(self, epoch: int, t0: float, train_seconds: float) -> None:
+        """Evaluate the epoch's nets; each live run records it, checkpoints and calls back."""
+        k_runs, data, device = self.k_runs, self.data, self.device
+        steps = max(1, self.step - (epoch - 1) * self.sched.steps_per_epoch)
+        norms = (self.grad_sums / steps).T.tolist()
+        losses_, wrong_ = [v / steps for v in self.loss_sums.tolist()], self.wrong.tolist()
+        test = _evaluate(self.model, data.test, data.info, self.recipe, device, self.precision, runs=k_runs)
+        val = (_evaluate(self.model, data.val, data.info, self.recipe, device, self.precision, runs=k_runs)
+               if data.val is not None else [None] * k_runs)
         seconds = time.perf_counter() - t0
-        states = split_state(model.state_dict(), k_runs) if any(r.checkpoint for r in runs) else None
-        optims = _split_optimizer(optimizer.state_dict(), k_runs) if states else None
-        for k, r in enumerate(runs):
+        states = split_state(self.model.state_dict(), k_runs) if any(r.checkpoint for r in self.runs) else None
+        optims = _split_optimizer(self.optimizer.state_dict(), k_runs) if states else None
+        for k, r in enumerate(self.runs):
             if r.outcome is not None:
                 continue
             record = Epoch(
-                epoch=epoch, train_loss=losses_[k], train_error=wrong_[k] / max(1, seen), test_error=test[k],
-                val_error=val[k], lr=lr, seconds=seconds, images_per_second=seen / train_seconds,
-                grad_norms=dict(zip(stages, norms[k])), points=_points([(it, sn, ls[k], wr[k]) for it, sn, ls, wr in marks]),
+                epoch=epoch, train_loss=losses_[k], train_error=wrong_[k] / max(1, self.seen), test_error=test[k],
+                val_error=val[k], lr=self.lr, seconds=seconds, images_per_second=self.seen / train_seconds,
+                grad_norms=dict(zip(self.stages, norms[k])),
+                points=_points([(it, sn, ls[k], wr[k]) for it, sn, ls, wr in self.marks]),
             )
             r.history.append(record)
             if r.checkpoint is not None:
@@ -473,11 +508,5 @@ def _fit(spec: VariantSpec, recipe: Recipe, data: Splits, runs: list[_Run], devi
             if r.callback is not None:
                 try:
                     r.callback(record)
-                except Exception as exc:  # ends this run; the others go on
-                    end(k, outcome=exc)
-        if not any(live):
-            return
-    for r in runs:
-        if r.outcome is None:
-            r.outcome = Result(spec=spec, recipe=recipe, seed=r.seed, device=str(device), params=params, macs=macs,
-                               history=tuple(r.history), resumed_from=r.start_epoch)
+                except Exception as exc:  # noqa: BLE001 (ends this run; the others go on)
+                    self.end(k, outcome=exc)
