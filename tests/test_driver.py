@@ -21,12 +21,12 @@ import optuna
 import pytest
 from conftest import SMALL_STUDY, ablate
 
-import ablate.driver as driver
-from ablate.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.limits import MAX_LR
-from ablate.study import load_study, parse_study
-from ablate.train import train as real_train
-from ablate.train import train_runs
+import ablate.runs.runner as driver
+from ablate.engine.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.spec.limits import MAX_LR
+from ablate.spec.study import load_study, parse_study
+from ablate.engine.train import train as real_train
+from ablate.engine.train import train_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_fashion = pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")

@@ -20,14 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from ablate import limits
-from ablate.recipe import MAX_ITERATIONS
-from ablate.cli import app
-from ablate.data import DATASETS
-from ablate.driver import definition, distributions, study_units
-from ablate.study import SEARCHABLE, TOP_LEVEL, Study, StudyError, parse_study
-from ablate.train import Recipe
-from ablate.variants import ACTIVATIONS, AXES, BLOCKS, CONNECTIONS, SHORTCUTS, STEMS
+from ablate.spec import limits
+from ablate.spec.recipe import MAX_ITERATIONS
+from ablate.cli.app import app
+from ablate.spec.catalog import DATASETS
+from ablate.runs.runner import distributions, study_units
+from ablate.spec.study import definition
+from ablate.spec.study import SEARCHABLE, TOP_LEVEL, Study, StudyError, parse_study
+from ablate.spec.recipe import Recipe
+from ablate.spec.variants import ACTIVATIONS, AXES, BLOCKS, CONNECTIONS, SHORTCUTS, STEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,

@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 from test_driver import dashboard
 from test_workers import TINY, is_stopped
 
-from ablate import failpoints, outcomes
-from ablate.scheduling import study_units
+from ablate import failpoints
+from ablate.storage import outcomes
+from ablate.runs.scheduling import study_units
 from ablate.storage import TrialAttrs, open_storage
-from ablate.study import parse_study
+from ablate.spec.study import parse_study
 
 
 def test_three_workers_on_postgresql_one_killed_mid_trial(tmp_path, postgres_url):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate.study import StudyError, load_study, parse_study
-from ablate.variants import VariantSpec
+from ablate.spec.study import StudyError, load_study, parse_study
+from ablate.spec.variants import VariantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.toml"))
@@ -244,7 +244,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, content, expected):
 
 
 def test_seeds_start_gives_disjoint_seed_sets():
-    from ablate import driver
+    from ablate.runs import runner as driver
 
     base = 'name = "x"\ndataset = "cifar10"\n[grid]\nconnection = ["plain", "residual"]\ndepth = [20]\n[seeds]\ncount = 3\n'
     first, second = parse_study(base), parse_study(base + "start = 4\n")
@@ -263,7 +263,7 @@ def test_seeds_start_gives_disjoint_seed_sets():
 
 PROBE = """
 import sys
-from ablate.cli import app
+from ablate.cli.app import app
 try:
     app(sys.argv[1:], prog_name="ablate")
 except SystemExit as exit:
@@ -352,7 +352,7 @@ def test_nearest_depths_are_exact_integers():
 
 
 def test_a_study_file_over_the_size_limit_is_not_read_whole(tmp_path):
-    from ablate.limits import MAX_STUDY_BYTES
+    from ablate.spec.limits import MAX_STUDY_BYTES
 
     path = tmp_path / "big.toml"
     path.write_bytes(b"#" * (MAX_STUDY_BYTES + 10))
@@ -373,7 +373,7 @@ def test_errors_print_the_users_text_literally(tmp_path, monkeypatch, text, expe
     """Rich markup in a value (or in ablate's own `[grid]`) is printed as written, never interpreted."""
     from typer.testing import CliRunner
 
-    from ablate.cli import app
+    from ablate.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     Path("bad.toml").write_text(text)

@@ -20,10 +20,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ablate import failpoints, outcomes
-from ablate.scheduling import study_units
+from ablate import failpoints
+from ablate.storage import outcomes
+from ablate.runs.scheduling import study_units
 from ablate.storage import TrialAttrs
-from ablate.study import parse_study
+from ablate.spec.study import parse_study
 
 TINY = """
 name = "many"
@@ -171,7 +172,7 @@ def test_a_study_grows_by_variants_and_seeds_and_only_the_new_units_train(tmp_pa
     units and keeps the old trials as they were; changing what a stored unit means is refused."""
     import dataclasses
 
-    import ablate.driver as driver
+    import ablate.runs.runner as driver
 
     url = f"sqlite:///{tmp_path / 'g.db'}"
     small = parse_study(TINY.format(seeds=1, epochs=1, images=256).replace('["plain", "residual"]', '["plain"]'))
