@@ -16,6 +16,7 @@ from rich.text import Text
 from ablate import __version__
 from ablate.spec.study import Study, StudyError, load_study
 from ablate.spec.variants import human
+from ablate.storage.contract import STORAGE_RETRY_SECONDS
 
 app = typer.Typer(
     name="ablate",
@@ -248,6 +249,7 @@ def run(
     fuse: Annotated[str, typer.Option("--fuse", help="Train up to K final runs of a variant (its seeds) as one fused network: K, auto (by device and model size) or off. Results are stored as if run one by one.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine, sharing the study: spread over the visible GPUs (several per GPU when more workers than GPUs), or over the CPU cores.")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for training [default: torch's; with --workers N on CPU: cores / N].", show_default=False)] = None,
+    storage_retry: Annotated[float, typer.Option("--storage-retry", envvar="ABLATE_STORAGE_RETRY", help="Seconds to keep retrying a storage that went away (a database restart or failover, a lost connection, SQLite locked) before stopping; 0: stop at the first error.")] = STORAGE_RETRY_SECONDS,
     no_report: Annotated[bool, typer.Option("--no-report", help="Only train: no summary and no report at the end (what each of many workers runs).")] = False,
 ) -> None:
     """Train every variant of a study under Optuna and store every trial (resumes where it stopped).
@@ -262,6 +264,9 @@ def run(
         raise fail(f"--workers: {workers} is not valid; use 1 or more")
     if threads is not None and threads < 1:
         raise fail(f"--threads: {threads} is not valid; use 1 or more")
+    if not 0 <= storage_retry <= 86_400:  # also NaN
+        raise fail(f"--storage-retry: {storage_retry:g} is not valid; use seconds from 0 (stop at the first storage error) "
+                   "to 86400 (a day)")
     if workers > 1:
         from ablate.runs.workers import WorkerError, run_workers
 
@@ -293,7 +298,7 @@ def run(
     try:
         with stopping.handled(), _warnings_to(display.bar.console), display.bar:
             ostudy = run_study(s, storage, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir, progress=display.hooks(),
-                               grace=grace_period, retry_failed=retry_failed, fuse=fuse_runs)
+                               grace=grace_period, retry_failed=retry_failed, fuse=fuse_runs, storage_retry=storage_retry)
     except (DriverError, DataError, ValueError) as exc:
         raise fail(str(exc)) from None
     except stopping.Stop as stop:

@@ -215,9 +215,10 @@ def heartbeat_for(grace: int) -> int:
     return S.heartbeat_interval(grace)
 
 
-def storage_for_run(url: str, grace: int = GRACE_SECONDS) -> optuna.storages.RDBStorage:
-    """RDB storage with Optuna's heartbeat, set up for many workers (ablate.storage)."""
-    return S.open_storage(url, grace=grace)
+def storage_for_run(url: str, grace: int = GRACE_SECONDS, retry: float = S.STORAGE_RETRY_SECONDS) -> optuna.storages.RDBStorage:
+    """RDB storage with Optuna's heartbeat, set up for many workers (ablate.storage); a storage
+    that goes away is retried for `retry` seconds (ablate.storage.retry)."""
+    return S.open_storage(url, grace=grace, retry=retry)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -343,6 +344,7 @@ def run_study(
     grace: int = GRACE_SECONDS,
     retry_failed: bool = False,
     fuse: int | str = "auto",
+    storage_retry: float = S.STORAGE_RETRY_SECONDS,
 ) -> optuna.Study:
     """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
 
@@ -351,6 +353,8 @@ def run_study(
     without heartbeat is taken for dead and its unit claimed again, by any worker.
     `fuse`: final runs of one variant claimed and trained together as one fused network
     (auto, off, or K; ablate.train.train_runs); an execution choice, stored as if run one by one.
+    `storage_retry`: seconds a storage that went away (a restart, a lost connection, a lock) is
+    retried before the run stops (ablate.storage.retry).
     `retry_failed`: also run once more every unit whose failure was its own (diverged, out of
     memory, ...); units interrupted or killed are always retried. A SIGINT or SIGTERM (with
     `stopping.handled()` in force) stops the run between steps with `stopping.Stop`, and so does a
@@ -362,7 +366,7 @@ def run_study(
     if grace < 2:
         raise ValueError(f"--grace-period: {grace} is too short; use at least 2 seconds (default {GRACE_SECONDS})")
     failpoints.reach("storage-open")
-    storage = storage_for_run(storage_url, grace)
+    storage = storage_for_run(storage_url, grace, storage_retry)
     ostudy = _create_or_check(study, storage)
     # The data first: a missing dataset is an error before anything is trained.
     data = load_data(study.dataset, study.recipe, device=dev, data_dir=data_dir, download=download)
