@@ -345,12 +345,20 @@ def _warnings_to(console: Console):
         def emit(self, record: logging.LogRecord) -> None:
             console.print(Text("warning: ", style="yellow") + Text(record.getMessage()), highlight=False, soft_wrap=True)
 
+    def below_warnings(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
     log, handler = logging.getLogger("ablate"), OneLine(logging.WARNING)
+    notices = [h for h in log.handlers if type(h).__name__ == "Notice"]  # _show_notices': warnings are printed here, once
     propagate, log.propagate = log.propagate, False
     log.addHandler(handler)
+    for h in notices:
+        h.addFilter(below_warnings)
     try:
         yield
     finally:
+        for h in notices:
+            h.removeFilter(below_warnings)
         log.removeHandler(handler)
         log.propagate = propagate
 

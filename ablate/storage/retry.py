@@ -1,4 +1,4 @@
-"""Transient storage errors, retried for a bounded time (docs/distributed.md, "Faults").
+"""Transient storage errors, retried for a bounded time (docs/distributed.md, "When the database goes away for a while").
 
 A managed database fails over, restarts for an upgrade or drops an idle connection; an SQLite
 file stays locked past the busy timeout while another process holds a long transaction. A
