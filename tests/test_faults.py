@@ -119,6 +119,20 @@ def test_other_errors_and_no_retry_fail_at_once():
     assert len(calls) == 2
 
 
+def test_heartbeats_are_trusted_a_grace_period_after_an_outage(monkeypatch):
+    from ablate.storage import retry
+
+    monkeypatch.setattr(retry, "MAX_BACKOFF", 0.0)
+    retrier = Retrier(30, "db")
+    assert retrier.settled(0.3)
+    retrier._failed(operational("database is locked"))
+    assert not retrier.settled(0.3)  # no trial beats during an outage: none is taken for dead
+    retrier._answered()
+    assert not retrier.settled(0.3)  # nor until the workers have had a grace period to beat again
+    time.sleep(0.4)
+    assert retrier.settled(0.3)
+
+
 # ---------------------------------------------------------------- through Optuna's storage, on SQLite
 
 
@@ -226,7 +240,8 @@ def run_argv(path, url: str, *extra: str) -> list[str]:
 def test_a_database_restart_under_two_workers(tmp_path, postgres):
     path = tmp_path / "blip.toml"
     path.write_text(TINY.format(seeds=3, epochs=4, images=1024).replace('name = "many"', 'name = "blip"'))
-    proc = subprocess.Popen(run_argv(path, postgres.url, "--workers", "2"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+    # A grace period shorter than the outage: trials that could not beat during it are not taken for dead.
+    proc = subprocess.Popen(run_argv(path, postgres.url, "--workers", "2", "--grace-period", "3"), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     wait_running(postgres.url, "blip", proc, at_least=2)
     # The restart (back within a second), then one that takes a while (a failover, an
@@ -248,6 +263,7 @@ def test_a_database_restart_under_two_workers(tmp_path, postgres):
     units = sorted(u.key for u in study_units(parse_study(path.read_text())))
     complete = Counter(TrialAttrs.read(t.user_attrs).unit for t in trials if t.state == TrialState.COMPLETE)
     assert sorted(complete) == units and set(complete.values()) == {1}, complete
+    assert not [t.number for t in trials if t.state == TrialState.FAIL]  # no trial lost to the outage
 
 
 def test_a_database_away_past_the_bound_stops_the_worker_with_one_line(tmp_path, postgres):

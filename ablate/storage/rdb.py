@@ -22,7 +22,7 @@ from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAG
 from ablate.storage.outcomes import TrialRecord, failure_kind
 from ablate.storage.retry import Retrier, retrier, retrying_storage_class
 
-__all__ = ['safe_url', 'one_line', 'sqlite_path', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'claim', 'heartbeats']
+__all__ = ['safe_url', 'one_line', 'sqlite_path', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'claim', 'heartbeats', 'retrier']
 
 if TYPE_CHECKING:
     import optuna

@@ -34,6 +34,7 @@ __all__ = ["is_transient", "Retrier", "retrier", "retrying_storage_class"]
 
 T = TypeVar("T")
 log = logging.getLogger("ablate")
+MAX_BACKOFF = 5.0  # seconds between two attempts, at most
 
 #: SQLSTATEs of a connection that went or never came: class 08 (connection exception), and the
 #: server shutting down (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now).
@@ -83,6 +84,7 @@ class Retrier:
         self.seconds, self.where = seconds, where
         self._lock = threading.Lock()
         self._since: float | None = None  # when the current outage began (time.monotonic())
+        self._ended: float | None = None  # when the last one ended
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if getattr(_inside, "active", False):
@@ -101,7 +103,7 @@ class Retrier:
                         raise
                     # Jitter: workers that lost the server together do not all come back at once.
                     time.sleep(min(left, delay * random.uniform(0.5, 1.0)))
-                    delay = min(2 * delay, 5.0)
+                    delay = min(2 * delay, MAX_BACKOFF)
                     continue
                 self._answered()
                 return out
@@ -127,8 +129,17 @@ class Retrier:
             return
         with self._lock:
             if self._since is not None:
-                log.warning(f"storage {self.where} answers again after {time.monotonic() - self._since:.0f} s; going on")
+                self._ended = time.monotonic()
+                log.warning(f"storage {self.where} answers again after {self._ended - self._since:.0f} s; going on")
                 self._since = None
+
+    def settled(self, grace: float) -> bool:
+        """Whether heartbeats can be trusted again: no outage now, and since the last one ended
+        every worker has had a grace period (and one backoff) to beat again. During an outage
+        no trial beats, so afterwards every running trial looks stale for a while; failing
+        them then would throw away the work the retries were there to keep."""
+        with self._lock:
+            return self._since is None and (self._ended is None or time.monotonic() - self._ended > grace + MAX_BACKOFF)
 
 
 def retrier(storage: Any) -> Retrier:
