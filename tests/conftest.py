@@ -18,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -100,12 +101,25 @@ def small_run(tmp_path_factory) -> Run:
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+@dataclass(frozen=True)
+class Postgres:
+    """The throwaway server: its URL, and `ctl("restart", "-m", "fast")` to run pg_ctl on it."""
+
+    url: str
+    ctl: Callable[..., subprocess.CompletedProcess[str]]
+
+
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_url(postgres) -> str:
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+def postgres():
     """A throwaway PostgreSQL 15 cluster (Debian's `postgresql` package): `initdb` as the
     `postgres` user in a temporary folder, listening on 127.0.0.1 only at a free port, with a
     database `ablate`; stopped and removed at the end. Yields its URL (with a password, which
-    trust authentication ignores, so that hiding it can be checked)."""
+    trust authentication ignores, so that hiding it can be checked) and its pg_ctl."""
     import socket
     import tempfile
 
@@ -133,7 +147,11 @@ def postgres_url():
 
         with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as con:
             con.execute("CREATE DATABASE ablate")
-        yield f"postgresql+psycopg://postgres:s3cret@127.0.0.1:{port}/ablate"
+
+        def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+            return as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(folder / "log"), "-w", *args)
+
+        yield Postgres(f"postgresql+psycopg://postgres:s3cret@127.0.0.1:{port}/ablate", ctl)
     finally:
         as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)

@@ -27,7 +27,7 @@ from ablate.engine.data import DATASETS
 from ablate.runs import distributions, study_units
 from ablate.spec import definition
 from ablate.spec.study import SEARCHABLE, TOP_LEVEL, Study, StudyError, parse_study
-from ablate.engine.train import Recipe
+from ablate.spec.recipe import Recipe, schedule, train_size
 from ablate.spec.variants import ACTIVATIONS, AXES, BLOCKS, CONNECTIONS, SHORTCUTS, STEMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +73,12 @@ def toml_document(doc: dict[str, object]) -> str:
 
 MARKUP = st.sampled_from(["[/x]", "[bold red]x[/]", "[link=http://e.org]x[/link]", "[grid]", "\x1b[31m", "", " ", "\n", "\\", '"'])
 texts = st.one_of(MARKUP, st.text(st.characters(blacklist_categories=("Cs",)), max_size=12), st.text(max_size=300, alphabet="ab[]/"))
+#: Integers past every bound: around 2**31 (seeds), 2**53 (exact as a float), 2**63 (numpy's int64), and
+#: too long to be a float at all (math.isfinite and float() overflow on them).
+large = st.one_of(st.integers(min_value=2**31 - 200, max_value=2**31 + 200), st.integers(min_value=2**53 - 2, max_value=2**70),
+                  st.sampled_from([9223372036854775807, 9223372036854775808, 10**9, 10**400, -(10**400)]))
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=-3, max_value=70), st.integers(min_value=2**62, max_value=2**70),
+    st.integers(), st.integers(min_value=-3, max_value=70), st.integers(min_value=2**62, max_value=2**70), large,
     st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=0, max_value=20), st.sampled_from([0, 1, 2, 8, 20, 56, 1e308, 5e-324, -0.0]),
 )
 scalars = st.one_of(numbers, st.booleans(), texts)
@@ -100,6 +104,12 @@ RECIPE_VALUES = {
     "nesterov": st.one_of(st.booleans(), st.integers(0, 1)),
     "resize": st.one_of(st.none(), st.integers(0, 2000)).filter(lambda v: v is not None),
 }
+#: Every other numeric recipe key: a plausible value or a large one.
+RECIPE_VALUES.update({key: st.one_of(st.integers(0, 3), st.floats(0, 2), large) for key in (
+    "iterations", "momentum", "weight_decay", "gamma", "warmup_epochs", "warmup_iterations", "warmup_lr", "label_smoothing",
+    "test_subset", "points_per_epoch")})
+RECIPE_VALUES["milestone_iterations"] = st.lists(st.one_of(st.integers(1, 5), large), max_size=3)
+FIRST_SEEDS = st.one_of(st.integers(-1, 5), st.sampled_from([limits.MAX_FIRST_SEED, limits.MAX_FIRST_SEED + 1]), large)
 
 
 def plausible(values: dict[str, st.SearchStrategy], keys: list[str]) -> st.SearchStrategy:
@@ -146,6 +156,8 @@ def documents(draw) -> dict[str, object]:
         doc["search"] = {"trials": 2, "lr": {"low": 0.01, "high": 0.3, "log": True}}
     if draw(st.booleans()):
         doc["seeds"] = {"count": 2}
+        if draw(st.booleans()):
+            doc["seeds"]["start"] = draw(FIRST_SEEDS)
     if draw(st.booleans()):
         doc["variant"] = [{"depth": 20}]
     plausible_values = {
@@ -153,7 +165,7 @@ def documents(draw) -> dict[str, object]:
         "grid": {k: st.lists(usually(v), max_size=6) for k, v in AXIS_VALUES.items()},
         "search": {"trials": st.one_of(st.integers(-1, 5), st.sampled_from([1000, 1001, 10**9])), "sampler": texts, "pruner": texts,
                    **{k: search_ranges for k in SEARCHABLE}},
-        "seeds": {"count": st.one_of(st.integers(-1, 5), st.sampled_from([100, 101, 10**9]))},
+        "seeds": {"count": st.one_of(st.integers(-1, 5), st.sampled_from([100, 101, 10**9])), "start": FIRST_SEEDS},
     }
     for _ in range(draw(st.integers(0, 4))):
         section = draw(st.sampled_from([*TOP_LEVEL, "other"]))
@@ -220,6 +232,38 @@ def mutated(draw) -> str:
 # ---------------------------------------------------------------- the property
 
 
+#: Every number a recipe holds, and its bound (None: the dataset's size). A numeric recipe key
+#: missing here fails `check_valid`: every number of a study file is bounded.
+RECIPE_BOUNDS = {
+    "epochs": limits.MAX_EPOCHS, "iterations": MAX_ITERATIONS, "batch_size": limits.MAX_BATCH_SIZE, "lr": limits.MAX_LR,
+    "warmup_lr": limits.MAX_LR, "momentum": 1, "label_smoothing": 1, "weight_decay": limits.MAX_WEIGHT_DECAY,
+    "gamma": limits.MAX_GAMMA, "warmup_epochs": limits.MAX_EPOCHS, "warmup_iterations": MAX_ITERATIONS, "milestones": 1,
+    "milestone_iterations": MAX_ITERATIONS, "points_per_epoch": limits.MAX_POINTS_PER_EPOCH, "resize": 1024,
+    "train_subset": None, "test_subset": None, "val_size": None,
+}
+
+
+def check_numbers(study: Study) -> None:
+    """Every number within its bound and exact as a float (Optuna stores params as floats); the
+    seeds too, through an Optuna param and back; and the schedule computes (no overflow)."""
+    sizes = {"train_subset": study.info.train_size, "test_subset": study.info.test_size, "val_size": study.info.train_size}
+    for spec in study.variants:
+        recipe = study.recipe_for(spec)
+        for f in dataclasses.fields(Recipe):
+            value = getattr(recipe, f.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                assert f.name in RECIPE_BOUNDS, f"{f.name}: a number without a bound"
+                bound = RECIPE_BOUNDS[f.name] if RECIPE_BOUNDS[f.name] is not None else sizes[f.name]
+                assert 0 <= v <= bound and float(v) == v, (f.name, v)
+        schedule(recipe, train_size(recipe, study.info))
+    assert 1 <= study.first_seed and study.final_seeds[-1] <= limits.MAX_SEED
+    seed = distributions(study)["seed"]
+    for s in (study.first_seed, study.final_seeds[-1]):
+        assert seed.to_external_repr(seed.to_internal_repr(s)) == s
+
+
 def check_valid(study: Study) -> None:
     assert 1 <= len(study.variants) <= limits.MAX_VARIANTS
     assert sum(sum(v.blocks) for v in study.variants) <= limits.MAX_STUDY_BLOCKS
@@ -233,6 +277,7 @@ def check_valid(study: Study) -> None:
     assert 1 <= study.seeds <= limits.MAX_SEEDS and len(study_units(study)) <= limits.MAX_UNITS
     json.loads(definition(study))
     distributions(study)  # what the driver stores: every value must make an Optuna distribution
+    check_numbers(study)
 
 
 def check(text: str, tmp: Path) -> None:

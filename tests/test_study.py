@@ -264,7 +264,7 @@ def test_seeds_start_gives_disjoint_seed_sets():
 
 PROBE = """
 import sys
-from ablate.cli import app
+from ablate.cli.app import app
 try:
     app(sys.argv[1:], prog_name="ablate")
 except SystemExit as exit:
@@ -332,6 +332,19 @@ BASE = 'name = "x"\ndataset = "fashion-mnist"\n'
         (BASE + 'description = "' + "d" * 10_001 + '"\n', "description: a string of 10001 characters; use at most 10000"),
         (BASE + '[fixed]\nconnection = "' + "p" * 201 + '"\n', "fixed.connection: a string of 201 characters; use at most 200"),
         (BASE + "# " + "c" * (1 << 20) + "\n", "a study file may have at most 1048576"),
+        # Issue 19's: numbers that passed, then broke the run, the summary or the stored seeds.
+        (BASE + "[fixed]\ndepth = 8\n[seeds]\nstart = 9223372036854775807\n",
+         "seeds.start: 9223372036854775807 is too large; use at most 2147483547 (the final runs' seeds, start to start + count - 1"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\npoints_per_epoch = 1000000000\n",
+         "train.points_per_epoch: 1000000000 is too many; use at most 1000 (each point is a record in the trial's stored history"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nlr = 1" + "0" * 400 + "\n", "train.lr: 100000000000...(401 digits) is too large; use a learning rate of at most 10"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nweight_decay = 1e300\n", "train.weight_decay: 1e+300 is too large; use at most 1 (ResNets use 1e-4 to 5e-4"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\ngamma = 10.0\n", "train.gamma: 10.0 is too large; use at most 1 (the step schedule"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\niterations = 100\nwarmup_epochs = 1e300\n", "train.warmup_epochs: 1e+300 is too many; use at most 10000"),
+        (BASE + "[fixed]\ndepth = 8\n[train]\nmilestone_iterations = [99999999999999999999]\n",
+         "train.milestone_iterations: 99999999999999999999 is too late; use steps of at most 3910000"),
+        (BASE + "[fixed]\ndepth = 8\n[search]\ntrials = 2\nlr = { low = 0.1, high = 1" + "0" * 400 + " }\n",
+         "search.lr: 100000000000...(401 digits) would not be a valid recipe: lr: 100000000000...(401 digits) is too large"),
     ],
 )
 def test_hostile_study_files_get_one_clear_message(text, expected):
@@ -340,6 +353,42 @@ def test_hostile_study_files_get_one_clear_message(text, expected):
     message = str(info.value)
     assert message.startswith("bad.toml: ") and "\n" not in message
     assert expected in message
+
+
+@pytest.mark.parametrize("extra, args, expected", [
+    ("[seeds]\nstart = 9223372036854775807\n", [], "error: study.toml: seeds.start: 9223372036854775807 is too large; use at most 2147483547 ("),
+    ("", ["--first-seed", "9223372036854775807"], "error: --first-seed: 9223372036854775807 is too large; use at most 2147483547 ("),
+    ("[train]\npoints_per_epoch = 1000000000\n", [], "error: study.toml: train.points_per_epoch: 1000000000 is too many; use at most 1000 ("),
+])
+def test_ablate_run_refuses_numbers_past_their_bound_in_one_line(tmp_path, extra, args, expected):
+    """Issue 19: both used to train, then end in a traceback in the summary (and every later show/report)."""
+    (tmp_path / "study.toml").write_text(BASE + "[fixed]\nwidth = 4\ndepth = 8\n" + extra)
+    result = ablate("run", "study.toml", "--storage", "sqlite:///a.db", *args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(expected) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "a.db").exists()  # refused before anything is stored
+
+
+def test_the_largest_seeds_are_stored_exactly(tmp_path):
+    """The seed of the last final run of the largest allowed [seeds] start, as a trial param and an
+    attribute: the integer itself (a float would have made 2**63 - 1 into 2**63)."""
+    import optuna
+
+    from ablate import storage as S
+    from ablate.runs import runner
+    from ablate.spec.limits import MAX_FIRST_SEED, MAX_SEED, MAX_SEEDS
+
+    study = parse_study(BASE + f"[fixed]\nwidth = 4\ndepth = 8\n[seeds]\nstart = {MAX_FIRST_SEED}\ncount = {MAX_SEEDS}\n")
+    unit = runner.study_units(study)[-1]
+    assert unit.seed == study.final_seeds[-1] == MAX_SEED - 1
+    storage = S.open_storage(f"sqlite:///{tmp_path / 'seeds.db'}", grace=30)
+    ostudy = optuna.create_study(study_name=study.name, storage=storage)
+    dists = runner.distributions(study)
+    candidate = runner._candidate(study, unit, dists, runner.fixed_params(study, unit), "RUNNING", S.Worker.here("cpu"))
+    assert S.claim(storage, ostudy, [candidate], lambda records: {unit.key})
+    (trial,) = optuna.load_study(study_name=study.name, storage=f"sqlite:///{tmp_path / 'seeds.db'}").get_trials()
+    assert type(trial.params["seed"]) is int and trial.params["seed"] == unit.seed
+    assert S.TrialAttrs.read(trial.user_attrs).seed == unit.seed
 
 
 def test_the_largest_allowed_values_make_a_valid_study():
@@ -374,7 +423,7 @@ def test_errors_print_the_users_text_literally(tmp_path, monkeypatch, text, expe
     """Rich markup in a value (or in ablate's own `[grid]`) is printed as written, never interpreted."""
     from typer.testing import CliRunner
 
-    from ablate.cli import app
+    from ablate.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     Path("bad.toml").write_text(text)

@@ -21,7 +21,7 @@ from ablate.cli.common import console, err, fail, load, show_notices, warnings_t
 from ablate.runs.options import GRACE_SECONDS, parse_fuse
 from ablate.spec.paths import PathError
 from ablate.spec.study import Study, check_first_seed
-from ablate.storage.contract import DEFAULT_STORAGE
+from ablate.storage.contract import DEFAULT_STORAGE, STORAGE_RETRY_SECONDS
 
 __all__ = ["app", "main"]
 
@@ -111,6 +111,7 @@ def run(
     fuse: Annotated[str, typer.Option("--fuse", help="Train up to K final runs of a variant (its seeds) as one fused network: K, auto (by device and model size) or off. Results are stored as if run one by one.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine, sharing the study: spread over the visible GPUs (several per GPU when more workers than GPUs), or over the CPU cores.")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for training [default: torch's; with --workers N on CPU: cores / N].", show_default=False)] = None,
+    storage_retry: Annotated[float, typer.Option("--storage-retry", envvar="ABLATE_STORAGE_RETRY", help="Seconds to keep retrying a storage that went away (a database restart or failover, a lost connection, SQLite locked) before stopping; 0: stop at the first error.")] = STORAGE_RETRY_SECONDS,
     no_report: Annotated[bool, typer.Option("--no-report", help="Only train: no summary and no report at the end (what each of many workers runs).")] = False,
 ) -> None:
     """Train every variant of a study under Optuna and store every trial (resumes where it stopped).
@@ -125,10 +126,13 @@ def run(
     for option, value in (("--workers", workers), ("--threads", threads)):
         if value is not None and value < 1:
             raise fail(f"{option}: {value} is not valid; use 1 or more")
+    if not 0 <= storage_retry <= 86_400:  # also NaN
+        raise fail(f"--storage-retry: {storage_retry:g} is not valid; use seconds from 0 (stop at the first storage error) "
+                   "to 86400 (a day)")
     if workers > 1:
         _run_workers(s, study, storage, workers, device, threads)
     else:
-        _run_here(s, storage, device, data_dir, checkpoint_dir, grace_period, retry_failed, fuse_runs, threads)
+        _run_here(s, storage, device, data_dir, checkpoint_dir, grace_period, retry_failed, fuse_runs, threads, storage_retry)
     if not no_report:
         _finish(s, storage)
 
@@ -145,7 +149,7 @@ def _run_workers(s: Study, path: Path, storage: str, workers: int, device: str, 
 
 
 def _run_here(s: Study, storage: str, device: str, data_dir: Path | None, checkpoint_dir: Path | None, grace: int,
-              retry_failed: bool, fuse: int | str, threads: int | None) -> None:
+              retry_failed: bool, fuse: int | str, threads: int | None, storage_retry: float) -> None:
     import optuna
     import sqlalchemy
     import torch
@@ -165,7 +169,7 @@ def _run_here(s: Study, storage: str, device: str, data_dir: Path | None, checkp
     try:
         with stopping.handled(), warnings_to(display.bar.console), display.bar:
             run_study(s, storage, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir, progress=display.hooks(),
-                      grace=grace, retry_failed=retry_failed, fuse=fuse)
+                      grace=grace, retry_failed=retry_failed, fuse=fuse, storage_retry=storage_retry)
     except (StorageError, DataError, OptionError, PathError) as exc:
         raise fail(str(exc)) from None
     except stopping.Stop as stop:

@@ -68,10 +68,19 @@ class _OneLine(logging.Handler):
 def warnings_to(out: Console) -> Iterator[None]:
     """ablate's warnings (a discarded checkpoint, a storage blip) as one line each, above the progress display."""
     log, handler = logging.getLogger("ablate"), _OneLine(out)
+    notices = [h for h in log.handlers if isinstance(h, _Notice)]  # warnings are printed here, once, not also as notes
     propagate, log.propagate = log.propagate, False
     log.addHandler(handler)
+    for h in notices:
+        h.addFilter(_below_warnings)
     try:
         yield
     finally:
+        for h in notices:
+            h.removeFilter(_below_warnings)
         log.removeHandler(handler)
         log.propagate = propagate
+
+
+def _below_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.WARNING

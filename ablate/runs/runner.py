@@ -128,12 +128,12 @@ class Runner:
 
     def __init__(self, study: Study, storage_url: str, *, device: str, data_dir: str | Path | None,
                  checkpoint_dir: str | Path | None, progress: Progress, download: bool, grace: int,
-                 retry_failed: bool, fuse: int | str):
+                 retry_failed: bool, fuse: int | str, storage_retry: float = S.STORAGE_RETRY_SECONDS):
         self.study, self.progress, self.grace, self.retry_failed = study, progress, check_grace(grace), retry_failed
         self.fuse = parse_fuse(fuse)
         self.device = resolve_device(device)
         failpoints.reach("storage-open")
-        self.storage = S.open_storage(storage_url, grace=grace)
+        self.storage = S.open_storage(storage_url, grace=grace, retry=storage_retry)
         self.ostudy = create_or_check(study, self.storage)
         # The data first: a missing dataset is an error before anything is trained.
         self.data: Splits = load_data(study.dataset, study.recipe, device=self.device, data_dir=data_dir, download=download)
@@ -369,6 +369,7 @@ def run_study(
     grace: int = GRACE_SECONDS,
     retry_failed: bool = False,
     fuse: int | str = "auto",
+    storage_retry: float = S.STORAGE_RETRY_SECONDS,
 ) -> optuna.Study:
     """Train every unit of `study` that the storage does not hold yet; returns the Optuna study.
 
@@ -377,6 +378,8 @@ def run_study(
     without heartbeat is taken for dead and its unit claimed again, by any worker.
     `fuse`: final runs of one variant claimed and trained together as one fused network
     (auto, off, or K; ablate.engine.train.train_runs); an execution choice, stored as if run one by one.
+    `storage_retry`: seconds a storage that went away (a restart, a lost connection, a lock) is
+    retried before the run stops (ablate.storage.retry).
     `retry_failed`: also run once more every unit whose failure was its own (diverged, out of
     memory, ...); units interrupted or killed are always retried. A SIGINT or SIGTERM (with
     `stopping.handled()` in force) stops the run between steps with `stopping.Stop`, and so does a
@@ -386,4 +389,5 @@ def run_study(
         raise OptionError(f"--storage: {storage_url} is an in-memory database: nothing in it would outlive this run, "
                          "and other workers could not see it; give a file, e.g. sqlite:///ablate.db")
     return Runner(study, storage_url, device=device, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
-                  progress=progress or Progress(), download=download, grace=grace, retry_failed=retry_failed, fuse=fuse).run()
+                  progress=progress or Progress(), download=download, grace=grace, retry_failed=retry_failed, fuse=fuse,
+                  storage_retry=storage_retry).run()

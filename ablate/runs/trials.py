@@ -125,7 +125,10 @@ def run_group(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, trial_i
 def reap(ostudy: optuna.Study, storage: optuna.storages.RDBStorage, grace: int) -> None:
     """Dead workers' trials: FAIL, so that their units are claimed again. Optuna's heartbeat
     finds those whose heartbeat went stale (an atomic update: one worker wins, the rest find it
-    failed); `_fail_unbeaten` those that never beat."""
+    failed); `_fail_unbeaten` those that never beat. Not until heartbeats are trusted again
+    after a storage outage (ablate.storage.retry): no trial beat while it lasted."""
+    if not S.retrier(storage).settled(grace):
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(ostudy)

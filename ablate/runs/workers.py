@@ -110,7 +110,8 @@ def run_workers(study: Study, study_path: Path, storage: str, workers: int, *, d
     where = ", ".join(f"GPU {e['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in e else f"{threads or share} CPU threads"
                       for e, share in envs)
     console.print(f"{workers} workers on {study.name} ({where})", highlight=False, soft_wrap=True)
-    reader = S.open_storage(storage)
+    # Its polls skip a storage that is away (`_progress_line`), and the workers say so: no retries here.
+    reader = S.open_storage(storage, retry=0)
     last = ""
     with stopping.handled():
         try:

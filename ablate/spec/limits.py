@@ -52,3 +52,27 @@ MAX_BATCH_SIZE = 32_768
 BATCH_REASON = "four times the largest batch in the ResNet literature (8192, Goyal et al. 2017)"
 MAX_LR = 10.0
 LR_REASON = "SGD learning rates for ResNets stay below a few units (Goyal et al. 2017 peak at 3.2 for batch 8192)"
+MAX_WEIGHT_DECAY = 1.0
+WEIGHT_DECAY_REASON = "ResNets use 1e-4 to 5e-4 (He et al. 2016, Goyal et al. 2017); near 1 the decay alone erases the weights"
+MAX_GAMMA = 1.0
+GAMMA_REASON = "the step schedule multiplies the learning rate by gamma at each milestone to lower it (He et al.: 0.1); 1 keeps it"
+#: Points of the training curve per epoch (`points_per_epoch`); an epoch with fewer steps records every step.
+MAX_POINTS_PER_EPOCH = 1_000
+POINTS_REASON = ("each point is a record in the trial's stored history; 1000 already resolve every step of a CIFAR-10 epoch "
+                 "at batch 64 (782 steps)")
+
+#: Seeds. A final run's seed is an Optuna param, which Optuna stores as a float (exact up to 2**53),
+#: and is given to numpy (below 2**32) and torch; the largest final seed, start + count - 1,
+#: stays below 2**31 so that every one is exact and valid everywhere, as a signed 32-bit integer too.
+MAX_SEED = 2**31 - 1
+MAX_FIRST_SEED = MAX_SEED - MAX_SEEDS
+SEED_REASON = (f"the final runs' seeds, start to start + count - 1 (count at most {MAX_SEEDS}), must stay below 2**31 "
+               "to be stored exactly (Optuna keeps params as floats) and be valid numpy and torch seeds")
+
+
+def shown(value: object) -> str:
+    """A value as a message quotes it: an integer of many digits shortened, so the line stays short."""
+    text = repr(value)
+    if isinstance(value, int) and len(text) > 24:
+        return f"{text[:12]}...({len(text)} digits)"
+    return text

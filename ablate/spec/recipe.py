@@ -13,7 +13,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ablate.spec.catalog import AUGMENTATIONS
-from ablate.spec.limits import BATCH_REASON, EPOCHS_REASON, LR_REASON, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR
+from ablate.spec.limits import (BATCH_REASON, EPOCHS_REASON, GAMMA_REASON, LR_REASON, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_GAMMA, MAX_LR,
+                                MAX_POINTS_PER_EPOCH, MAX_WEIGHT_DECAY, POINTS_REASON, WEIGHT_DECAY_REASON, shown)
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WARMUPS = ("linear", "constant")
@@ -76,17 +77,18 @@ def check_recipe(r: Recipe) -> None:
         if v is None and key in ("epochs", "iterations"):
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            _fail(key, f"{v!r} is not valid; use an integer >= {low}")
+            _fail(key, f"{shown(v)} is not valid; use an integer >= {low}")
     for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "warmup_lr", "label_smoothing"):
         v = getattr(r, key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            _fail(key, f"{v!r} is not valid; use a finite number >= 0")
+        # An integer is finite however long (math.isfinite would overflow on it); its size is bounded below.
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v) or v < 0:
+            _fail(key, f"{shown(v)} is not valid; use a finite number >= 0")
     if r.lr <= 0:
-        _fail("lr", f"{r.lr!r} is not valid; use a learning rate > 0, e.g. 0.1")
+        _fail("lr", f"{shown(r.lr)} is not valid; use a learning rate > 0, e.g. 0.1")
     if r.momentum >= 1:
-        _fail("momentum", f"{r.momentum!r} is not valid; use a value in [0, 1), e.g. 0.9")
+        _fail("momentum", f"{shown(r.momentum)} is not valid; use a value in [0, 1), e.g. 0.9")
     if r.label_smoothing >= 1:
-        _fail("label_smoothing", f"{r.label_smoothing!r} is not valid; use a value in [0, 1), e.g. 0.1")
+        _fail("label_smoothing", f"{shown(r.label_smoothing)} is not valid; use a value in [0, 1), e.g. 0.1")
     if r.nesterov not in (True, False):
         _fail("nesterov", f"{r.nesterov!r} is not valid; use true or false")
     if r.nesterov and r.momentum == 0:
@@ -118,7 +120,7 @@ def check_recipe(r: Recipe) -> None:
     if r.precision not in PRECISIONS:
         _fail("precision", f"{r.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
     if r.epochs is not None and r.warmup_epochs > r.epochs:
-        _fail("warmup_epochs", f"{r.warmup_epochs} is longer than training ({r.epochs} epochs)")
+        _fail("warmup_epochs", f"{shown(r.warmup_epochs)} is longer than training ({r.epochs} epochs)")
     if isinstance(r.augment, str) or not isinstance(r.augment, tuple):
         _fail("augment", f"{r.augment!r} is not valid; use a list such as [\"crop\", \"flip\"] (or [])")
     for a in r.augment:
@@ -144,16 +146,26 @@ MAX_ITERATIONS = MAX_EPOCHS * 391
 def _check_bounds(r: Recipe) -> None:
     """Upper bounds (ablate.limits), with their reasons, and flags that are booleans, not numbers."""
     if r.epochs is not None and r.epochs > MAX_EPOCHS:
-        _fail("epochs", f"{r.epochs} is too many; use at most {MAX_EPOCHS} ({EPOCHS_REASON})")
+        _fail("epochs", f"{shown(r.epochs)} is too many; use at most {MAX_EPOCHS} ({EPOCHS_REASON})")
     if r.iterations is not None and r.iterations > MAX_ITERATIONS:
-        _fail("iterations", f"{r.iterations} is too many; use at most {MAX_ITERATIONS} ({EPOCHS_REASON}; He et al. train 64k iterations)")
+        _fail("iterations", f"{shown(r.iterations)} is too many; use at most {MAX_ITERATIONS} ({EPOCHS_REASON}; He et al. train 64k iterations)")
     if r.warmup_iterations is not None and r.warmup_iterations > MAX_ITERATIONS:
-        _fail("warmup_iterations", f"{r.warmup_iterations} is too many; use at most {MAX_ITERATIONS}")
+        _fail("warmup_iterations", f"{shown(r.warmup_iterations)} is too many; use at most {MAX_ITERATIONS} ({EPOCHS_REASON})")
+    if r.milestone_iterations and max(r.milestone_iterations) > MAX_ITERATIONS:
+        _fail("milestone_iterations", f"{shown(max(r.milestone_iterations))} is too late; use steps of at most {MAX_ITERATIONS} ({EPOCHS_REASON})")
+    if r.warmup_epochs > MAX_EPOCHS:  # with iterations given, not bounded by the epochs
+        _fail("warmup_epochs", f"{shown(r.warmup_epochs)} is too many; use at most {MAX_EPOCHS} ({EPOCHS_REASON})")
     if r.batch_size > MAX_BATCH_SIZE:
-        _fail("batch_size", f"{r.batch_size} is too large; use at most {MAX_BATCH_SIZE} ({BATCH_REASON})")
+        _fail("batch_size", f"{shown(r.batch_size)} is too large; use at most {MAX_BATCH_SIZE} ({BATCH_REASON})")
     for key in ("lr", "warmup_lr"):
         if getattr(r, key) > MAX_LR:
-            _fail(key, f"{getattr(r, key)!r} is too large; use a learning rate of at most {MAX_LR:g} ({LR_REASON})")
+            _fail(key, f"{shown(getattr(r, key))} is too large; use a learning rate of at most {MAX_LR:g} ({LR_REASON})")
+    if r.weight_decay > MAX_WEIGHT_DECAY:
+        _fail("weight_decay", f"{shown(r.weight_decay)} is too large; use at most {MAX_WEIGHT_DECAY:g} ({WEIGHT_DECAY_REASON})")
+    if r.gamma > MAX_GAMMA:
+        _fail("gamma", f"{shown(r.gamma)} is too large; use at most {MAX_GAMMA:g} ({GAMMA_REASON})")
+    if r.points_per_epoch > MAX_POINTS_PER_EPOCH:
+        _fail("points_per_epoch", f"{shown(r.points_per_epoch)} is too many; use at most {MAX_POINTS_PER_EPOCH} ({POINTS_REASON})")
     for key in ("nesterov", "compile"):
         if not isinstance(getattr(r, key), bool):
             _fail(key, f"{getattr(r, key)!r} is not valid; use true or false")

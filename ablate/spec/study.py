@@ -70,7 +70,10 @@ FIRST_SEED = 1  # seed 0 belongs to the search trials
 def check_first_seed(value: Any) -> None:
     """[seeds] start, or `ablate run --first-seed`: a ValueError saying what is valid otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < FIRST_SEED:
-        raise ValueError(f"expected an integer >= {FIRST_SEED} (the first final run's seed; 0 is the search trials'), got {value!r}")
+        raise ValueError(f"expected an integer >= {FIRST_SEED} (the first final run's seed; 0 is the search trials'), "
+                         f"got {limits.shown(value)}")
+    if value > limits.MAX_FIRST_SEED:
+        raise ValueError(f"{limits.shown(value)} is too large; use at most {limits.MAX_FIRST_SEED} ({limits.SEED_REASON})")
 
 
 class StudyError(Exception):
@@ -295,15 +298,15 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     overrides = _overrides(where, fixed, grid, extra, trains, train)
     if recipe.train_subset is not None and recipe.train_subset + recipe.val_size > DATASETS[dataset].train_size:
         raise StudyError(
-            f"{where}: train.train_subset: {recipe.train_subset} examples (+ {recipe.val_size} for validation) is more "
+            f"{where}: train.train_subset: {limits.shown(recipe.train_subset)} examples (+ {recipe.val_size} for validation) is more "
             f"than {dataset}'s {DATASETS[dataset].train_size} training examples; lower it or leave it out"
         )
     if recipe.val_size >= DATASETS[dataset].train_size:
-        raise StudyError(f"{where}: train.val_size: {recipe.val_size} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
+        raise StudyError(f"{where}: train.val_size: {limits.shown(recipe.val_size)} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
     _check_batch_fits(f"{where}: train.batch_size", recipe.batch_size, recipe, DATASETS[dataset])
     search = _parse_search(where, doc.get("search"), recipe, DATASETS[dataset])
     if recipe.test_subset is not None and recipe.test_subset > DATASETS[dataset].test_size:
-        raise StudyError(f"{where}: train.test_subset: {recipe.test_subset} is more than {dataset}'s {DATASETS[dataset].test_size} test examples; lower it or leave it out")
+        raise StudyError(f"{where}: train.test_subset: {limits.shown(recipe.test_subset)} is more than {dataset}'s {DATASETS[dataset].test_size} test examples; lower it or leave it out")
     if search is not None and recipe.val_size == 0:
         raise StudyError(
             f"{where}: train.val_size: a [search] needs a validation split to steer on (the test set must never choose "
@@ -323,14 +326,14 @@ def parse_study(text: str, path: str = "<study>") -> Study:
             raise StudyError(f"{where}: seeds.{key}: unknown key; [seeds] has count and start")
     seeds = seeds_table.get("count", 1)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise StudyError(f"{where}: seeds.count: expected a positive integer (runs per variant), got {seeds!r}")
+        raise StudyError(f"{where}: seeds.count: expected a positive integer (runs per variant), got {limits.shown(seeds)}")
     first_seed = seeds_table.get("start", FIRST_SEED)
     try:
         check_first_seed(first_seed)
     except ValueError as exc:
         raise StudyError(f"{where}: seeds.start: {exc}") from None
     if seeds > limits.MAX_SEEDS:
-        raise StudyError(f"{where}: seeds.count: {seeds} is too many; use at most {limits.MAX_SEEDS} ({limits.SEEDS_REASON})")
+        raise StudyError(f"{where}: seeds.count: {limits.shown(seeds)} is too many; use at most {limits.MAX_SEEDS} ({limits.SEEDS_REASON})")
     units = len(variants) * (seeds + (search.trials if search else 0))
     if units > limits.MAX_UNITS:
         raise StudyError(
@@ -374,7 +377,7 @@ def _check_batch_fits(at: str, batch_size: Any, recipe: Recipe, info: DatasetInf
     the batch by the recipe itself)."""
     available = info.train_size - recipe.val_size if recipe.train_subset is None else recipe.train_subset
     if isinstance(batch_size, int) and batch_size > available:
-        raise StudyError(f"{at}: {batch_size} is more than the {available} training examples; use a smaller batch")
+        raise StudyError(f"{at}: {limits.shown(batch_size)} is more than the {available} training examples; use a smaller batch")
 
 
 def _parse_search(where: str, table: Any, recipe: Recipe, info: DatasetInfo) -> Search | None:
@@ -385,9 +388,9 @@ def _parse_search(where: str, table: Any, recipe: Recipe, info: DatasetInfo) -> 
         raise StudyError(f"{where}: search.trials: missing; give the number of trials per variant, e.g. trials = 8")
     trials = table["trials"]
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise StudyError(f"{where}: search.trials: expected a positive integer (trials per variant), got {trials!r}")
+        raise StudyError(f"{where}: search.trials: expected a positive integer (trials per variant), got {limits.shown(trials)}")
     if trials > limits.MAX_TRIALS:
-        raise StudyError(f"{where}: search.trials: {trials} is too many; use at most {limits.MAX_TRIALS} ({limits.TRIALS_REASON})")
+        raise StudyError(f"{where}: search.trials: {limits.shown(trials)} is too many; use at most {limits.MAX_TRIALS} ({limits.TRIALS_REASON})")
     sampler = table.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise StudyError(f"{where}: search.sampler: {sampler!r} is not valid; use one of {', '.join(SAMPLERS)}")
@@ -431,22 +434,25 @@ def _search_param(where: str, key: str, spec: Any, recipe: Recipe, info: Dataset
         number = int if kind == "int" else (int, float)
         for k, v in (("low", low), ("high", high)):
             if isinstance(v, bool) or not isinstance(v, number):
-                raise StudyError(f"{at}.{k}: expected {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+                raise StudyError(f"{at}.{k}: expected {'an integer' if kind == 'int' else 'a number'}, got {limits.shown(v)}")
         if not isinstance(log, bool):
             raise StudyError(f"{at}.log: expected true or false, got {log!r}")
         if not low < high:
-            raise StudyError(f"{at}: low ({low}) must be less than high ({high})")
+            raise StudyError(f"{at}: low ({limits.shown(low)}) must be less than high ({limits.shown(high)})")
         if log and low <= 0:
-            raise StudyError(f"{at}: a log-scale range needs low > 0, got {low}")
-        param = SearchParam(key, kind, low=float(low) if kind == "float" else low, high=float(high) if kind == "float" else high, log=log)
+            raise StudyError(f"{at}: a log-scale range needs low > 0, got {limits.shown(low)}")
+        param = None  # made below, once both ends are within the recipe's bounds (float() overflows on a long integer)
         values = [low, high]
     for v in values:  # every end of the range must make a valid recipe
         try:
             dataclasses.replace(recipe, **{key: v})  # Recipe validates itself
         except (ValueError, TypeError) as exc:
-            raise StudyError(f"{at}: {v!r} would not be a valid recipe: {exc}") from None
+            raise StudyError(f"{at}: {limits.shown(v)} would not be a valid recipe: {exc}") from None
         if key == "batch_size":
             _check_batch_fits(at, v, recipe, info)
+    if param is None:
+        number = float if kind == "float" else int
+        param = SearchParam(key, kind, low=number(low), high=number(high), log=log)
     return param
 
 

@@ -4,6 +4,7 @@ code that touches Optuna's private API (`ablate.storage.rdb`).
     contract   key names and encodings: trial params, TrialAttrs, StudyAttrs, Worker
     outcomes   how a trial ended (failure kinds, did-not-learn) and trials as plain records
     rdb        opening a storage, claiming a unit exactly once, heartbeats
+    retry      transient errors (a lost connection, a restart, a lock) retried for a bounded time
 """
 
 from ablate.storage import outcomes

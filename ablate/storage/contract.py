@@ -38,7 +38,7 @@ from ablate import failpoints
 from ablate.spec.recipe import recipe_dict
 from ablate.spec.variants import AXES, VariantSpec, make_variant
 
-__all__ = ['StorageError', 'trial_key', 'spec_params', 'spec_from_params', 'axis_values', 'flat', 'Worker', 'TrialAttrs', 'encode_trial_attrs', 'set_trial_attrs', 'unit_attrs', 'StudyAttrs', 'number', 'DEFAULT_STORAGE', 'SQLITE_BUSY_SECONDS', 'recipe_dict']
+__all__ = ['StorageError', 'trial_key', 'spec_params', 'spec_from_params', 'axis_values', 'flat', 'Worker', 'TrialAttrs', 'encode_trial_attrs', 'set_trial_attrs', 'unit_attrs', 'StudyAttrs', 'number', 'DEFAULT_STORAGE', 'SQLITE_BUSY_SECONDS', 'STORAGE_RETRY_SECONDS', 'recipe_dict']
 
 if TYPE_CHECKING:
     import optuna
@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 DEFAULT_STORAGE = "sqlite:///ablate.db"
 SQLITE_BUSY_SECONDS = 60  # how long a worker waits for SQLite's write lock before giving up
+#: How long a worker retries a storage that went away (a restart, a failover, a lock held past the
+#: busy timeout) before it stops (ablate.storage.retry; `ablate run --storage-retry`).
+STORAGE_RETRY_SECONDS = 120
 
 
 class StorageError(Exception):

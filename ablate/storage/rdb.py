@@ -1,7 +1,7 @@
 """Optuna's RDB storage: opening it for many workers, claiming a unit exactly once, heartbeats.
 
 Optuna's RDB internals (its ORM models, the session that creates a trial) are touched here and
-nowhere else in ablate: claiming a unit must read and create under one database lock, which
+in `ablate.storage.retry` (which wraps RDBStorage's methods, private ones included), nowhere else in ablate: claiming a unit must read and create under one database lock, which
 Optuna's public API cannot do (docs/distributed.md). A test (tests/test_layers.py) holds every
 other module to Optuna's public names.
 """
@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ablate import failpoints
 from ablate.spec.paths import user_path
-from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, StorageError, TrialAttrs, trial_key
+from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAGE_RETRY_SECONDS, StorageError, TrialAttrs, trial_key
 from ablate.storage.outcomes import TrialRecord, failure_kind
+from ablate.storage.retry import Retrier, retrier, retrying_storage_class
 
-__all__ = ['safe_url', 'one_line', 'sqlite_path', 'in_memory', 'storage_url', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'Claimed', 'claim', 'trial_id', 'rdb_of', 'heartbeats']
+__all__ = ['safe_url', 'one_line', 'sqlite_path', 'in_memory', 'storage_url', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'Claimed', 'claim', 'trial_id', 'rdb_of', 'heartbeats', 'retrier']
 
 if TYPE_CHECKING:
     import optuna
@@ -133,10 +134,13 @@ def _quiet(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
-def open_storage(url: str, grace: int | None = None) -> "optuna.storages.RDBStorage":
+def open_storage(url: str, grace: int | None = None, retry: float = STORAGE_RETRY_SECONDS) -> "optuna.storages.RDBStorage":
     """Optuna's RDB storage at `url`. With `grace` (seconds), for running trials: Optuna's
     heartbeat every grace/3 seconds, a trial whose heartbeat is older than `grace` stale; on
-    SQLite, set up for many processes (`_sqlite_for_workers`). Without, for reading."""
+    SQLite, set up for many processes (`_sqlite_for_workers`). Without, for reading.
+
+    Once open, a storage that goes away is retried for up to `retry` seconds (ablate.storage.retry).
+    Opening itself is not: a wrong host or port is one error at once, not a wait."""
     import optuna
     import sqlalchemy
 
@@ -146,12 +150,14 @@ def open_storage(url: str, grace: int | None = None) -> "optuna.storages.RDBStor
     kwargs: dict[str, Any] = {}
     if sqlite:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+    else:  # a pooled connection that a server restart or a firewall closed is replaced before use
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     if grace is not None:
         kwargs.update(heartbeat_interval=heartbeat_interval(grace), grace_period=grace)
     attempts = 8 if sqlite else 3
     for attempt in range(attempts):
         try:
-            storage = _quiet(lambda: optuna.storages.RDBStorage(url, **kwargs))
+            storage = _quiet(lambda: retrying_storage_class()(url, **kwargs))
             break
         except ModuleNotFoundError as exc:
             raise StorageError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name}); "
@@ -168,6 +174,7 @@ def open_storage(url: str, grace: int | None = None) -> "optuna.storages.RDBStor
             raise StorageError(f"--storage: cannot open {safe_url(url)}: {one_line(exc)}") from None
     if sqlite and grace is not None:
         _sqlite_for_workers(storage.engine)
+    storage.retrier = Retrier(retry, safe_url(url))
     return storage
 
 
@@ -256,7 +263,19 @@ def claim(storage: "optuna.storages.RDBStorage", ostudy: "optuna.Study", candida
     methods, whose signatures change between releases. Params are written with their own
     distributions: a study that grew (new variants, so new categorical choices) keeps its older
     trials as they were.
+
+    A transient error (ablate.storage.retry) claims again from the start, under the lock, from
+    the trials committed: a transaction that failed was rolled back, so nothing is claimed twice.
+    A connection lost at COMMIT may hide a claim that did commit; the retry then sees its units
+    taken and claims others (or none), and the trials it left, RUNNING with a first heartbeat and
+    run by nobody, go stale after the grace period and are retried like a killed worker's. A
+    unit so costs a grace period, never a second counting trial.
     """
+    return retrier(storage).call(_claim_once, storage, ostudy, candidates, claimable, limit)
+
+
+def _claim_once(storage: "optuna.storages.RDBStorage", ostudy: "optuna.Study", candidates: Sequence[Candidate],
+                claimable: Callable[[list[TrialRecord]], set[str]], limit: int) -> list[Claimed]:
     from sqlalchemy.orm import Session
 
     study_id = _study_id(ostudy)
@@ -319,6 +338,10 @@ def rdb_of(ostudy: "optuna.Study") -> "optuna.storages.RDBStorage":
 def heartbeats(storage: "optuna.storages.RDBStorage", trial_ids: Sequence[int]) -> dict[int, Any]:
     """The last heartbeat of each trial that has one (UTC, as the database's clock keeps it),
     and the database's time now under the key -1; Optuna has no public way to ask."""
+    return retrier(storage).call(_heartbeats_once, storage, trial_ids)
+
+
+def _heartbeats_once(storage: "optuna.storages.RDBStorage", trial_ids: Sequence[int]) -> dict[int, Any]:
     from sqlalchemy import func
     from sqlalchemy.orm import Session
 
