@@ -196,7 +196,8 @@ def test_a_repeated_state_change_that_had_committed_is_done(sqlite_url, monkeypa
     url, _ = sqlite_url
     storage = open_storage(url, grace=30, retry=30)
     ostudy = optuna.create_study(study_name="s", storage=storage)
-    (tid,) = claim(storage, ostudy, [Candidate("u", "RUNNING", {}, {}, {trial_key("unit"): "u"})], lambda records: {"u"})
+    (claimed,) = claim(storage, ostudy, [Candidate("u", "RUNNING", {}, {}, {trial_key("unit"): "u"})], lambda records: {"u"})
+    tid = claimed.trial_id
     original = optuna.storages.RDBStorage.set_trial_state_values
     calls = []
 
