@@ -218,6 +218,18 @@ def _check_shape(where: str, doc: dict[str, Any]) -> None:
 def parse_study(text: str, path: str = "<study>") -> Study:
     """Parse and validate a study file's text; raises StudyError with a message for the user."""
     where = path
+    doc = _read_toml(where, text)
+    name, description, dataset = _header(where, doc)
+    variants, fixed, grid, extra, trains = _variants(where, doc)
+    recipe, overrides, search = _recipe_and_search(where, doc, dataset, fixed, grid, extra, trains)
+    seeds, first_seed = _seeds(where, doc, len(variants), search)
+    return Study(
+        name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
+        recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides,
+    )
+
+
+def _read_toml(where: str, text: str) -> dict[str, Any]:
     if len(text) > limits.MAX_STUDY_BYTES:
         raise StudyError(f"{where}: the file has {len(text)} characters; a study file may have at most {limits.MAX_STUDY_BYTES} ({limits.MAX_STUDY_BYTES_REASON})")
     try:
@@ -230,6 +242,11 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         raise StudyError(f"{where}: TOML: a value cannot be read: {exc}") from None
     _check_shape(where, doc)
 
+    return doc
+
+
+def _header(where: str, doc: dict[str, Any]) -> tuple[str, str, str]:
+    """The top-level keys checked; the study's name, description and dataset."""
     for key in doc:
         if key not in TOP_LEVEL:
             raise StudyError(f"{where}: {key}: unknown key; valid top-level keys: {', '.join(TOP_LEVEL)}")
@@ -255,6 +272,11 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     except ValueError as exc:
         raise StudyError(f"{where}: {exc}") from None
 
+    return name, description, dataset
+
+
+def _variants(where: str, doc: dict[str, Any]) -> tuple[list[VariantSpec], dict[str, Any], dict[str, list[Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """[fixed], [grid] and [[variant]] checked and expanded; also the tables, for the overrides."""
     fixed = doc.get("fixed", {})
     _expect(where, "fixed", fixed, dict, "a table [fixed] of axis = value")
     _check_axes(where, "fixed", fixed)
@@ -289,6 +311,12 @@ def parse_study(text: str, path: str = "<study>") -> Study:
             f"({limits.STUDY_BLOCKS_REASON}): split the study or drop the deepest variants"
         )
 
+    return variants, fixed, grid, extra, trains
+
+
+def _recipe_and_search(where: str, doc: dict[str, Any], dataset: str, fixed: dict[str, Any], grid: dict[str, list[Any]],
+                       extra: list[dict[str, Any]], trains: list[dict[str, Any]]) -> tuple[Recipe, dict[str, Any], Search | None]:
+    """[train], the variants' own train tables and [search], checked against each other and the dataset."""
     train = doc.get("train", {})
     _expect(where, "train", train, dict, "a table [train] of recipe keys")
     try:
@@ -319,6 +347,11 @@ def parse_study(text: str, path: str = "<study>") -> Study:
                     raise StudyError(f"{where}: [[variant]] {name}: train.{p.key}: also searched in [search]; "
                                      "a searched key cannot be fixed for one variant, remove one of the two")
 
+    return recipe, overrides, search
+
+
+def _seeds(where: str, doc: dict[str, Any], variants: int, search: Search | None) -> tuple[int, int]:
+    """[seeds]: how many final runs per variant, and the first one's seed."""
     seeds_table = doc.get("seeds", {})
     _expect(where, "seeds", seeds_table, dict, "a table [seeds] with count = N")
     for key in seeds_table:
@@ -334,16 +367,13 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         raise StudyError(f"{where}: seeds.start: {exc}") from None
     if seeds > limits.MAX_SEEDS:
         raise StudyError(f"{where}: seeds.count: {limits.shown(seeds)} is too many; use at most {limits.MAX_SEEDS} ({limits.SEEDS_REASON})")
-    units = len(variants) * (seeds + (search.trials if search else 0))
+    units = variants * (seeds + (search.trials if search else 0))
     if units > limits.MAX_UNITS:
         raise StudyError(
-            f"{where}: seeds.count: {len(variants)} variants x ({seeds} seeds + {search.trials if search else 0} search trials) "
+            f"{where}: seeds.count: {variants} variants x ({seeds} seeds + {search.trials if search else 0} search trials) "
             f"make {units} trials; use at most {limits.MAX_UNITS} ({limits.UNITS_REASON})"
         )
-    return Study(
-        name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
-        recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides,
-    )
+    return seeds, first_seed
 
 
 def _overrides(where: str, fixed: dict[str, Any], grid: dict[str, list[Any]], extra: list[dict[str, Any]],

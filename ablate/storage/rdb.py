@@ -21,7 +21,7 @@ from ablate import failpoints
 from ablate.spec.paths import user_path
 from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAGE_RETRY_SECONDS, StorageError, TrialAttrs, trial_key
 from ablate.storage.outcomes import TrialRecord, failure_kind
-from ablate.storage.retry import Retrier, retrier, retrying_storage_class
+from ablate.storage.retry import Retrier, one_line, retrier, retrying_storage_class
 
 __all__ = ['safe_url', 'one_line', 'sqlite_path', 'in_memory', 'storage_url', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'Claimed', 'claim', 'trial_id', 'rdb_of', 'heartbeats', 'retrier']
 
@@ -39,15 +39,6 @@ def safe_url(storage: str) -> str:
         return make_url(storage).render_as_string(hide_password=True)
     except Exception:  # not an SQLAlchemy URL: show it without anything that looks like user:password@
         return re.sub(r"//[^/@]*@", "//***@", storage)
-
-
-def one_line(exc: BaseException) -> str:
-    """A storage error in one line: the database's own message, without SQLAlchemy's SQL text and link."""
-    cause = exc.__cause__ if type(exc).__name__ == "StorageInternalError" and exc.__cause__ is not None else exc
-    orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's exception
-    text = str(orig if orig is not None else cause).strip()
-    text = re.split(r"\n|\[SQL: |\(Background on this error at", text)[0].strip()
-    return text or type(exc).__name__
 
 
 def sqlite_path(storage: str) -> Path | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["is_transient", "Retrier", "retrier", "retrying_storage_class"]
+__all__ = ["is_transient", "one_line", "Retrier", "retrier", "retrying_storage_class"]
 
 T = TypeVar("T")
 log = logging.getLogger("ablate")
@@ -46,6 +47,15 @@ _MARKERS = (
     "connection reset", "ssl connection has been closed", "lost connection", "server has gone away",
     "no connection to the server", "connection timed out", "database is locked",
 )
+
+
+def one_line(exc: BaseException) -> str:
+    """A storage error in one line: the database's own message, without SQLAlchemy's SQL text and link."""
+    cause = exc.__cause__ if type(exc).__name__ == "StorageInternalError" and exc.__cause__ is not None else exc
+    orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's exception
+    text = str(orig if orig is not None else cause).strip()
+    text = re.split(r"\n|\[SQL: |\(Background on this error at", text)[0].strip()
+    return text or type(exc).__name__
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -112,8 +122,6 @@ class Retrier:
 
     def _failed(self, exc: BaseException) -> float:
         """Notes a transient failure; the seconds left to retry."""
-        from ablate.storage.rdb import one_line
-
         if self.seconds <= 0:  # retrying is off
             return 0.0
         now = time.monotonic()
