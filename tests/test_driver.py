@@ -22,6 +22,7 @@ import pytest
 from conftest import SMALL_STUDY, ablate
 
 import ablate.runs as driver
+import ablate.runs.runner as runner
 from ablate.runs.options import GRACE_SECONDS
 from ablate.spec.study import definition
 from ablate.storage import StorageError, open_storage
@@ -318,7 +319,7 @@ def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
             return real_train(spec, replace(recipe, lr=MAX_LR, weight_decay=1e30, schedule="constant"), data, seed=seed, **kw)
         return real_train(spec, recipe, data, seed=seed, **kw)
 
-    monkeypatch.setattr(driver, "train", faulty_train)
+    monkeypatch.setattr(runner, "train", faulty_train)  # the engine entry the runner calls
     url = f"sqlite:///{tmp_path / 'f.db'}"
     driver.run_study(study, url, device="cpu", fuse="off")  # one unit at a time, through `train`
     assert len(calls) == 8
@@ -355,7 +356,7 @@ def test_fused_final_runs_are_stored_as_if_run_one_by_one(tmp_path, monkeypatch)
         groups.append((spec.name, list(seeds)))
         return train_runs(spec, recipe, data, seeds=seeds, **kw)
 
-    monkeypatch.setattr(driver, "train_runs", recording)
+    monkeypatch.setattr(runner, "train_runs", recording)
     for fuse in ("off", 2):
         url = f"sqlite:///{tmp_path / f'{fuse}.db'}"
         driver.run_study(study, url, device="cpu", fuse=fuse)
