@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+import sqlalchemy
 
 from ablate.spec.variants import AXES
-from ablate.storage import StudyAttrs, TrialAttrs, axis_values, flat, number, one_line, outcomes, safe_url, spec_from_params, sqlite_path
+from ablate.storage import (StorageError, StudyAttrs, TrialAttrs, axis_values, flat, number, one_line, open_storage, outcomes,
+                            safe_url, spec_from_params, sqlite_path)
 
 __all__ = ["ReportError", "CURVE_AXES", "TRIAL_COLUMNS", "EPOCH_FIELDS", "open_study", "trials_table", "epochs_table",
            "points_table", "hyperparameter_columns", "grad_norms_long", "finals", "curves", "gradient_flow",
@@ -45,13 +47,16 @@ def open_study(study_name: str, storage: str) -> optuna.Study:
     if path is not None and not path.is_file():
         raise ReportError(f"storage {url}: no such SQLite file ({path}); run the study first or give --storage")
     try:
-        names = optuna.get_all_study_names(storage)
-    except Exception as exc:  # an unreachable server, a file that is not a database, ...
+        rdb = open_storage(storage)
+        names = optuna.get_all_study_names(rdb)
+    except StorageError as exc:
+        raise ReportError(str(exc)) from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:  # e.g. a file that is not a database
         raise ReportError(f"storage {url}: cannot be read: {one_line(exc)}") from None
     if study_name not in names:
         there = ", ".join(sorted(names)) if names else "none"
         raise ReportError(f"study {study_name!r} is not in storage {url}; studies there: {there}")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=rdb)
 
 
 # --------------------------------------------------------------------------- per trial

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ablate.spec.paths import user_path
 from ablate.engine.bundled import read_bundle
 from ablate.spec.catalog import AUGMENTATIONS, DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
 
@@ -79,8 +80,20 @@ class Splits:
 
 
 def default_data_dir() -> Path:
-    """`$ABLATE_DATA` if set, else `~/.cache/ablate/data`."""
-    return Path(os.environ.get("ABLATE_DATA") or "~/.cache/ablate/data").expanduser()
+    """`$ABLATE_DATA` if set, else `~/.cache/ablate/data` (`~` expanded: ablate.spec.paths)."""
+    return user_path(os.environ.get("ABLATE_DATA") or "~/.cache/ablate/data", "--data-dir")
+
+
+def _data_root(data_dir: str | os.PathLike[str] | None) -> Path:
+    """The data dir, absolute; a DataError when it names a file (a folder is created only to download into)."""
+    try:
+        root = (user_path(data_dir, "--data-dir") if data_dir is not None else default_data_dir()).absolute()
+    except ValueError as exc:  # PathError: a ~ without a home
+        raise DataError(str(exc)) from None
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-dir: {root} is a file, not a folder; give the folder that holds the datasets "
+                        "(or leave it out for ~/.cache/ablate/data)")
+    return root
 
 
 def load_dataset(
@@ -112,7 +125,7 @@ def load_dataset(
     if name == "synthetic":
         arrays, source = _synthetic(), "generated"
     else:
-        root = (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()).absolute()
+        root = _data_root(data_dir)
         bundled, why_not = (None, "") if _on_disk(name, root) else _from_bundle(
             name, root, train_subset=train_subset, val_size=val_size, test_subset=test_subset, seed=seed)
         if bundled is not None:
@@ -125,6 +138,10 @@ def load_dataset(
             if missing is not None:  # raised outside the handler: one error, no chained context
                 raise DataError(missing)
             arrays, source = read_files(name, str(folder)), str(folder)
+            if data_dir is not None and root not in Path(folder).absolute().parents and Path(folder).absolute() != root:
+                # The folder the user named was not used: say so, and which one was.
+                there = "does not exist" if not root.exists() else f"holds no {name} files"
+                log.info(f"{name}: the data dir {root} {there}; using {folder}")
     train_x, train_y, test_x, test_y = arrays
     if chosen is None:
         train_idx, val_idx = split_indices(train_y, val_size=val_size, train_subset=train_subset, seed=seed)

@@ -35,7 +35,7 @@ from ablate.analysis.results import Family, StudyResults, load_results
 from ablate.analysis.verdicts import TRAIN_ERROR_MEANING, comparison_cells
 from ablate.report.figures import (CONFIG, FIG_HEIGHT, esc, fig_curves, fig_efficiency, fig_error_vs_depth,
                                    fig_gradient_flow, fig_iteration_curves, fig_pairs, fig_sensitivity, is_missing)
-from ablate.spec.paths import user_path
+from ablate.spec.paths import PathError, user_path
 from ablate.spec.variants import AXES
 from ablate.storage import flat
 
@@ -353,6 +353,8 @@ def write_report(study_name: str, storage: str, out: str | Path | None = None) -
 def write_page(page: str, path: Path) -> Path:
     """Write a page atomically (`~` expanded), creating its folder; returns the path written."""
     path = user_path(path, "--out")
+    if path.is_dir():
+        raise PathError(f"--out: {path} is a folder; give a file name, e.g. {path / 'report.html'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:

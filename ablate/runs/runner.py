@@ -36,7 +36,7 @@ from ablate.runs.options import GRACE_SECONDS, OptionError, check_grace, fuse_si
 from ablate.runs.scheduling import Unit, study_units
 from ablate.runs.setup import create_or_check, distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
 from ablate.runs.trials import reap, run_group, run_trial
-from ablate.spec.paths import user_path
+from ablate.spec.paths import usable_dir, user_path
 from ablate.spec.recipe import Recipe, input_info, recipe_dict
 from ablate.spec.study import Study
 from ablate.storage import outcomes
@@ -140,7 +140,7 @@ class Runner:
         self.units = study_units(study)
         self.by_key = {u.key: u for u in self.units}
         self.dists = distributions(study)
-        root = user_path(checkpoint_dir, "--checkpoint-dir") if checkpoint_dir is not None else checkpoint_dir_for(storage_url)
+        root = usable_dir(checkpoint_dir, "--checkpoint-dir", create=True) if checkpoint_dir is not None else checkpoint_dir_for(storage_url)
         self.ckpt_dir = root / study.name
         self.env = versions()
         self.metric = objective_metric(study)
