@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.data import FASHION_MNIST_SYSTEM_DIR
+from ablate.engine.data import FASHION_MNIST_SYSTEM_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_STUDY = ROOT / "studies" / "quick.toml"
