@@ -139,7 +139,7 @@ SMOKE = Sizes(
     baseline_workers=1, peak_n=256,
     lever_variant=TINY, lever_dataset="synthetic", lever_batch=32, lever_steps=(2, 3),
     pack_variant=TINY, pack_dataset="synthetic", pack_images=64, pack_batch=32, pack_epochs=2,
-    fuse_ks=(1, 2, 4, 8), processes=(2,),
+    fuse_ks=(1, 2, 4, 8), processes=(1,),  # one child: the barrier and the window, at half the smoke cost of two
     # The synthetic stripes: width-4 nets learn them in 32 steps, so the verdict has numbers to read.
     study=dict(dataset="synthetic", depths=(8, 14), width=4, epochs=2, seeds=2, batch_size=32, train_subset=512,
                test_subset=256),
