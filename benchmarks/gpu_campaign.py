@@ -511,7 +511,10 @@ def git_commit() -> str | None:
 
 
 def peak(c: Campaign) -> float | None:
-    return c.results.get("environment", {}).get("bf16_peak_tflops")
+    """The bf16 peak, on CUDA only: on a CPU the engine trains in fp32 (and bf16 matmuls are slow
+    there), so an MFU against it would mean nothing."""
+    env = c.results.get("environment", {})
+    return env.get("bf16_peak_tflops") if str(env.get("device", "")).startswith("cuda") else None
 
 
 def part_engine(c: Campaign, rec: dict[str, Any]) -> None:
@@ -610,7 +613,7 @@ def part_packing(c: Campaign, rec: dict[str, Any]) -> None:
         c.save()
     del data
     for p in s.processes:
-        c.log(f"packing: {p} processes")
+        c.log(f"packing: {p} process(es)")
         row = worker_processes(c, p)
         row["over_one"] = round(row["images_per_second"] / one, 2) if one else None
         rec["processes"].append(row)
