@@ -878,6 +878,8 @@ def markdown(results: dict[str, Any]) -> str:
     parts = [{"part": p, **{k: results.get(p, {}).get(k) for k in ("status", "seconds", "budget_s", "error")}} for p in PARTS]
     lines += table([p for p in parts if p["status"] is not None], ["part", "status", "seconds", "budget_s", "error"]) + [""]
     lines += ["## Targets (issue 24)", ""]
+    if run.get("smoke"):
+        lines += ["Smoke run: tiny nets on a few hundred images; its figures are not comparable with the targets.", ""]
     lines += table([{**t, "met": {True: "yes", False: "NO", None: "not measured"}[t["met"]]} for t in results.get("targets", [])],
                    ["target", "bound", "measured", "met"]) + [""]
     sections = (
