@@ -301,10 +301,12 @@ def train_runs(
         state = load_checkpoint(run.checkpoint, run.fingerprint, alone, map_location=device) if run.checkpoint is not None else None
         if state is not None:
             run.model, run.optimizer = state["model"], state["optimizer"]
-            run.cpu_rng = state["rng"]["cpu"]
-            gen.set_state(state["rng"]["data"])
+            # The checkpoint was loaded onto `device`, RNG states included, but generators take
+            # their state only as a CPU byte tensor ("RNG state must be a torch.ByteTensor").
+            run.cpu_rng = state["rng"]["cpu"].cpu()
+            gen.set_state(state["rng"]["data"].cpu())
             if device.type == "cuda" and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
             run.history = [Epoch(**e) for e in state["history"]]
             run.start_epoch = state["epoch"]
         runs.append(run)
