@@ -6,7 +6,7 @@
 
 Each run is `ablate run studies/quick.toml --first-seed F --storage sqlite:///<dir>/quick-seeds-F.db`
 (n = the study's [seeds] count), timed, with the load average before and after. The verdict is
-the one the report and `ablate run` print, computed by the same code (`ablate.tables.verdicts`:
+the one the report and `ablate run` print, computed by the same code (`ablate.analysis.verdicts`:
 paired t-tests by seed, Holm-corrected across all of the report's comparisons). Prints one
 Markdown row per run for docs/benchmarks.md: per finding, the answer and its deciding comparison.
 """

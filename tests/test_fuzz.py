@@ -1,7 +1,7 @@
 """Property-based fuzzing of study files (hypothesis): generated and mutated files, in-process.
 
 The property, for any text at all: `parse_study` returns a valid study (within every bound of
-`ablate.limits`, and one the driver can turn into Optuna distributions), or raises one
+`ablate.spec.limits`, and one the driver can turn into Optuna distributions), or raises one
 `StudyError` whose message is a single line naming the file; and `ablate variants` on that file
 prints exactly that line after "error: " and exits 2. Never another exception, never a traceback.
 Hangs are excluded by construction (every number is bounded before anything is built); the

@@ -79,7 +79,7 @@ def final_errors(spec: VariantSpec, seed: int, lr: float) -> tuple[float, float]
 
 
 def history(spec: VariantSpec, seed: int, lr: float, epochs: int, points: int = 10, val: bool = False) -> list[dict[str, Any]]:
-    """Epoch records as `ablate.train.Epoch` (asdict), decaying towards the final errors, with a
+    """Epoch records as `ablate.engine.train.Epoch` (asdict), decaying towards the final errors, with a
     step at each lr milestone; per-stage gradient norms that vanish towards the stem of deep plain
     nets; `points` evenly spaced training points per epoch, running from the previous epoch's
     training error to this one's (none: as stored before points existed). With `val`, a

@@ -174,7 +174,7 @@ def test_callback_exceptions_propagate(synthetic):
 
 
 def test_divergence_is_a_result_not_an_exception(synthetic):
-    # The learning rate is bounded (ablate.limits.MAX_LR); an absurd weight decay at that rate blows up.
+    # The learning rate is bounded (ablate.spec.limits.MAX_LR); an absurd weight decay at that rate blows up.
     absurd = replace(FAST, lr=MAX_LR, schedule="constant", weight_decay=1e30)
     result = train(TINY, absurd, synthetic, seed=0)
     assert result.diverged

@@ -4,9 +4,9 @@
 
 It reads the four official IDX files (gzipped or not; Debian's `dataset-fashion-mnist` installs
 them) and keeps every label plus the images of the first `--train` training and `--test` test
-examples in the order `ablate.data` draws class-balanced subsets with seed 0: the subset of any
+examples in the order `ablate.engine.data` draws class-balanced subsets with seed 0: the subset of any
 smaller size is then inside the bundle, and loading it from there gives the same images as from
-the full files (`ablate.bundled`). The output is reproducible: the same files give the same bytes.
+the full files (`ablate.engine.bundled`). The output is reproducible: the same files give the same bytes.
 """
 
 from __future__ import annotations

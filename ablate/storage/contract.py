@@ -4,19 +4,17 @@ says it in words; this module is the only code that knows the key names and enco
     trial params      spec_params(spec) / spec_from_params(params), axis_values(...), flat(value)
     trial attributes  TrialAttrs (read, to_user_attrs), set_trial_attrs(trial, **fields), Worker
     study attributes  StudyAttrs (read, to_user_attrs, write)
-    the definition    definition(study), growth(stored, mine): a study may grow, not change
-    records           records(trials): trials as plain `TrialRecord`s for scheduling (ablate.scheduling)
-    opening           open_for_run(url, grace), open_for_reading(url), safe_url(url), one_line(exc)
-    claiming          claim(storage, ostudy, candidates, claimable): exactly-once trial creation
-    workers           heartbeats(storage, ostudy): the last heartbeat of every running trial
+    defaults          DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAGE_RETRY_SECONDS
 
-The driver writes through it; the tables, the report, the CLI and the test fixtures read (and
+Elsewhere in `ablate.storage`: how a trial ended and trials as plain records (`outcomes`:
+records(trials), failure_kind); opening a storage, claiming a unit exactly once and heartbeats
+(`rdb`: open_storage, claim, heartbeats, safe_url, sqlite_path); outages (`retry`). What a
+unit means, and whether a study may grow, is the study's own (ablate.spec.study: definition,
+growth).
+
+The runner writes through it; the analysis, the report, the CLI and the test fixtures read (and
 write) through it, so none of them can drift from the others. Adding an axis is a change to
-`ablate.variants.AXES` alone; renaming a key is a change to a field's `key` here.
-
-Optuna's RDB internals (its ORM models, the session that creates a trial) are touched here and
-nowhere else: claiming a unit must read and create under one database lock, which Optuna's
-public API cannot do (docs/distributed.md).
+`ablate.spec.variants.AXES` alone; renaming a key is a change to a field's `key` here.
 """
 
 from __future__ import annotations
