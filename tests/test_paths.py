@@ -127,3 +127,50 @@ def test_bench_prints_a_variant_name_with_brackets_as_text(tmp_path):
 
 def test_a_missing_count_is_a_dash():
     assert human(float("nan")) == "-" and human(None) == "-" and human(270_000) == "270K"
+
+
+def test_a_database_in_a_read_only_folder_is_read_and_a_run_names_the_folder(tmp_path):
+    """A copy of a study on a read-only mount: ls, show and report read it (read-only, immutable);
+    a run says the folder is read-only. A private mount namespace makes the folder read-only."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a read-only bind mount needs root and unshare (util-linux)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "fixtures" / "v0.1.0" / "legacy.db", ro / "legacy.db")
+    url = f"sqlite:///{ro / 'legacy.db'}"
+    script = (f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
+              f"{sys.executable} -m ablate show legacy --storage {url} && "
+              f"{sys.executable} -m ablate report legacy --storage {url} --out {tmp_path / 'r.html'}; "
+              f"{sys.executable} -m ablate run {Path(__file__).resolve().parent / 'fixtures' / 'v0.1.0' / 'legacy.toml'} --storage {url}; "
+              "echo run-exit=$?")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert "plain-8-w4" in r.stdout and (tmp_path / "r.html").is_file(), r.stdout + r.stderr
+    assert f"error: --storage: {ro / 'legacy.db'} is in a read-only folder" in r.stderr and "run-exit=2" in r.stdout, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_stored_value_the_summary_cannot_use_is_a_note_not_a_traceback(tmp_path):
+    """A study stored with a seed no 64-bit integer holds (as an old version allowed): show,
+    report and export still open it, with a one-line note naming the value."""
+    import optuna
+
+    folder = tmp_path / "odd"
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(Path(__file__).resolve().parent / "fixtures" / "v0.1.0", folder)
+    url = f"sqlite:///{folder / 'legacy.db'}"
+    import sqlite3
+
+    with sqlite3.connect(folder / "legacy.db") as db:  # as an old version wrote it: a seed past 2**63
+        db.execute("UPDATE trial_user_attributes SET value_json = '9223372036854775808' WHERE key = 'seed' AND trial_id = "
+                   "(SELECT MIN(trial_id) FROM trial_user_attributes WHERE key = 'seed')")
+    assert optuna.load_study(study_name="legacy", storage=url).get_trials()[0].user_attrs["seed"] == 9223372036854775808
+    for args in (("show", "legacy"), ("report", "legacy", "--out", str(folder / "r.html")), ("export", "legacy", "--out-dir", str(folder / "t"))):
+        r = ablate(*args, "--storage", url, cwd=folder)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    show = ablate("show", "legacy", "--storage", url, cwd=folder)
+    assert "note: seed: the stored value 9223372036854775808 is not a 64-bit integer" in show.stderr, show.stderr
+    assert "9223372036854775808 is not a 64-bit integer" in (folder / "r.html").read_text()

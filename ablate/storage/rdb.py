@@ -9,6 +9,7 @@ other module to Optuna's public names.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -136,8 +137,8 @@ def open_storage(url: str, grace: int | None = None, retry: float = STORAGE_RETR
     import sqlalchemy
 
     parsed = _check_url(url)
-    url = storage_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
+    url = _sqlite_open_url(url, write=grace is not None) if sqlite else url
     kwargs: dict[str, Any] = {}
     if sqlite:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
@@ -167,6 +168,26 @@ def open_storage(url: str, grace: int | None = None, retry: float = STORAGE_RETR
         _sqlite_for_workers(storage.engine)
     storage.retrier = Retrier(retry, safe_url(url))
     return storage
+
+
+def _sqlite_open_url(url: str, write: bool) -> str:
+    """The URL an SQLite file is opened with. A run needs to write: a read-only folder (a mount, a
+    copy off a cluster) is named as the reason it cannot. A reader (ls, show, report, export)
+    that cannot write there opens the file read-only and immutable: SQLite in WAL mode otherwise
+    needs to create its -shm file beside the database, even to read."""
+    path = sqlite_path(url)
+    if path is None:
+        return url
+    folder = path.absolute().parent
+    writable = os.access(folder, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if writable:
+        return storage_url(url)
+    if write:
+        raise StorageError(f"--storage: {path} is in a read-only folder ({folder}); a run writes there: copy the "
+                           "database to a writable folder, or choose another --storage")
+    if not path.is_file():
+        return storage_url(url)  # missing: the reader says so
+    return f"sqlite:///file:{path.absolute()}?mode=ro&immutable=1&uri=true"
 
 
 def heartbeat_interval(grace: int) -> int:
