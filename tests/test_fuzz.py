@@ -327,3 +327,45 @@ def test_arbitrary_text(tmp):
         check(text, tmp)
 
     prop()
+
+
+# --------------------------------------------------------------------------- path and storage options
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v0.1.0"
+PATH_PIECES = ["~", "~/x", "~nobody-here/x", "", ".", "..", "/", "/proc/1/x", "reports", "a b", "x.html", "legacy.db",
+               "[/x]", "dir/", "/dev/null", "ü", "$HOME", "%s"]
+STORAGES = ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///~/legacy.db", "sqlite:///legacy.db",
+            "sqlite:////nonexistent/folder/x.db", "sqlite:///legacy.toml", "notaurl", "mysql://u@127.0.0.1:1/db",
+            "postgresql+psycopg://u:secret@127.0.0.1:1/db", "sqlite:///[/x].db", ""]
+
+
+def paths() -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(PATH_PIECES), st.lists(st.sampled_from(PATH_PIECES), min_size=1, max_size=3).map("/".join),
+                     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20))
+
+
+def test_path_and_storage_options(tmp, monkeypatch):
+    """Every reader command with generated --storage, --out and --out-dir values: it works, or
+    says what is wrong in one line with exit status 1 or 2; never a traceback, never a folder
+    literally named `~`."""
+    import shutil
+
+    shutil.copy(FIXTURE / "legacy.db", tmp / "legacy.db")
+    shutil.copy(FIXTURE / "legacy.toml", tmp / "legacy.toml")
+    monkeypatch.setenv("HOME", str(tmp / "home"))
+    (tmp / "home").mkdir()
+    shutil.copy(FIXTURE / "legacy.db", tmp / "home" / "legacy.db")
+
+    @settings(FUZZ, max_examples=60)
+    @given(st.sampled_from(["report", "export", "ls", "show"]), st.one_of(st.sampled_from(STORAGES), st.text(max_size=30)), paths())
+    def prop(command, storage, path):
+        args = {"report": ["report", "legacy", "--out", path], "export": ["export", "legacy", "--out-dir", path],
+                "ls": ["ls"], "show": ["show", "legacy"]}[command]
+        result = CliRunner().invoke(app, [*args, "--storage", storage])
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, storage, repr(result.exception))
+        if result.exit_code != 0:
+            assert result.exit_code in (1, 2), (args, storage, result.exit_code, result.output)
+            assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, (args, storage, result.stderr)
+        assert not (tmp / "~").exists() and not (tmp / "home" / "~").exists()
+
+    prop()

@@ -151,9 +151,9 @@ def open_storage(url: str, grace: int | None = None, retry: float = STORAGE_RETR
         try:
             storage = _quiet(lambda: retrying_storage_class()(url, **kwargs))
             break
-        except ModuleNotFoundError as exc:
-            raise StorageError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name}); "
-                               "install it or use SQLite") from None
+        except ImportError as exc:  # Optuna re-raises a missing DB-API module as a plain ImportError
+            raise StorageError(f"--storage: {safe_url(url)}: the database driver is not installed ({exc.name or one_line(exc)}); "
+                               "install it, or use SQLite or PostgreSQL (postgresql+psycopg://...)") from None
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError) as exc:
             # Connection refused, not a database, a schema of another Optuna (RuntimeError); an
             # error of ours or an API change (TypeError, AttributeError) is a bug and propagates.
