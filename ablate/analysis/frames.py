@@ -71,7 +71,7 @@ def _variant_name(a: TrialAttrs, params: dict[str, Any], number: int) -> str:
         return str(a.variant)
     try:  # a trial written by something else: name it from its axes, as the driver would
         return spec_from_params(params).name
-    except Exception:
+    except (ValueError, TypeError, KeyError):  # axes that name no variant
         return f"trial-{number}"
 
 

@@ -85,7 +85,7 @@ def _check_url(url: str) -> Any:
 
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except Exception:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         raise StorageError(f"--storage: {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE} or "
                            "postgresql+psycopg://user@host/db") from None
     path = sqlite_path(url)
