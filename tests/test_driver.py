@@ -27,7 +27,7 @@ from ablate.runs.options import GRACE_SECONDS
 from ablate.spec.study import definition
 from ablate.storage import StorageError, open_storage
 from ablate.engine.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.spec.limits import MAX_LR
+from ablate.spec.limits import MAX_LR, MAX_WEIGHT_DECAY
 from ablate.spec.study import load_study, parse_study
 from ablate.engine.train import train as real_train
 from ablate.engine.train import train_runs
@@ -316,7 +316,7 @@ def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
         if key in raising:
             raise RuntimeError(f"CUDA out of memory (injected for {key})")
         if key == "resnet-8-w4/final/0":
-            return real_train(spec, replace(recipe, lr=MAX_LR, weight_decay=1e30, schedule="constant"), data, seed=seed, **kw)
+            return real_train(spec, replace(recipe, lr=MAX_LR, weight_decay=MAX_WEIGHT_DECAY, momentum=0.99, batch_size=8, schedule="constant"), data, seed=seed, **kw)
         return real_train(spec, recipe, data, seed=seed, **kw)
 
     monkeypatch.setattr(runner, "train", faulty_train)  # the engine entry the runner calls

@@ -11,7 +11,7 @@ import torch
 
 from ablate.engine import checkpoint
 from ablate.engine.data import FASHION_MNIST_SYSTEM_DIR
-from ablate.spec.limits import MAX_LR
+from ablate.spec.limits import MAX_LR, MAX_WEIGHT_DECAY
 from ablate.engine.train import Epoch, Precision, Recipe, load_data, lr_at, make_recipe, point_steps, precision_for, resolve_device, schedule, train
 from ablate.spec.variants import VariantSpec
 
@@ -174,8 +174,9 @@ def test_callback_exceptions_propagate(synthetic):
 
 
 def test_divergence_is_a_result_not_an_exception(synthetic):
-    # The learning rate is bounded (ablate.spec.limits.MAX_LR); an absurd weight decay at that rate blows up.
-    absurd = replace(FAST, lr=MAX_LR, schedule="constant", weight_decay=1e30)
+    # The learning rate and the weight decay are bounded (ablate.spec.limits); at both bounds, with
+    # heavy momentum, the weights grow by an order of magnitude a step and the loss overflows.
+    absurd = replace(FAST, lr=MAX_LR, schedule="constant", weight_decay=MAX_WEIGHT_DECAY, momentum=0.99)
     result = train(TINY, absurd, synthetic, seed=0)
     assert result.diverged
     assert result.diverged_epoch == 1
