@@ -375,16 +375,17 @@ def test_the_largest_seeds_are_stored_exactly(tmp_path):
     import optuna
 
     from ablate import storage as S
-    from ablate.runs import runner
+    from ablate.runs import distributions, fixed_params, study_units
     from ablate.spec.limits import MAX_FIRST_SEED, MAX_SEED, MAX_SEEDS
 
     study = parse_study(BASE + f"[fixed]\nwidth = 4\ndepth = 8\n[seeds]\nstart = {MAX_FIRST_SEED}\ncount = {MAX_SEEDS}\n")
-    unit = runner.study_units(study)[-1]
+    unit = study_units(study)[-1]
     assert unit.seed == study.final_seeds[-1] == MAX_SEED - 1
     storage = S.open_storage(f"sqlite:///{tmp_path / 'seeds.db'}", grace=30)
     ostudy = optuna.create_study(study_name=study.name, storage=storage)
-    dists = runner.distributions(study)
-    candidate = runner._candidate(study, unit, dists, runner.fixed_params(study, unit), "RUNNING", S.Worker.here("cpu"))
+    dists = distributions(study)
+    params = {k: v for k, v in fixed_params(study, unit).items() if k in dists}
+    candidate = S.Candidate(unit.key, "RUNNING", params, {k: dists[k] for k in params}, S.unit_attrs(unit, S.Worker.here("cpu")))
     assert S.claim(storage, ostudy, [candidate], lambda records: {unit.key})
     (trial,) = optuna.load_study(study_name=study.name, storage=f"sqlite:///{tmp_path / 'seeds.db'}").get_trials()
     assert type(trial.params["seed"]) is int and trial.params["seed"] == unit.seed

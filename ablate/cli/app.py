@@ -65,10 +65,10 @@ def variants(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")] = False,
 ) -> None:
     """List the variants a study file generates, with parameters and MACs."""
+    s = load(study)  # before anything heavy is imported: a bad study file is reported at once
     from ablate.analysis.format import human
     from ablate.spec.variants import AXES
 
-    s = load(study)
     rows = variant_rows(s)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
