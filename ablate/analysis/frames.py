@@ -133,7 +133,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "index": a.index,
             "seed": a.seed if a.seed is not None else params.get("seed"),
             "state": state,
-            "value": t.value if t.values else math.nan,
+            "value": t.values[0] if t.values else math.nan,
             "train_error": _number(a.train_error),
             "test_error": _number(a.test_error),
             "val_error": _number(a.val_error),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ablate.analysis import frames as F
 from ablate.analysis import summary as SU
+from ablate.analysis.search import samples_table
 from ablate.analysis.verdicts import PAIR_QUESTIONS, Finding, findings_table, recipes_of, samples, verdicts
 from ablate.storage import StudyAttrs, safe_url
 
@@ -69,6 +70,8 @@ class StudyResults:
     sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)  # one line each: stored values that could not be used
+    #: an architecture search: one row per sampled architecture (ablate.analysis.search); else empty
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def dataset(self) -> str:
@@ -136,7 +139,7 @@ def collect(study: optuna.Study, storage: str = "") -> StudyResults:
         study.study_name, attrs, safe_url(storage) if storage else "", trials, epochs, points, summary, findings, searched,
         families=_families(summary, epochs, points), pairs=_pairs(summary),
         sensitivity=SU.sensitivity(trials, searched) if searched else pd.DataFrame(),
-        failures=SU.failures(trials) if len(trials) else pd.DataFrame(), notes=notes,
+        failures=SU.failures(trials) if len(trials) else pd.DataFrame(), notes=notes, samples=samples_table(study),
     )
 
 

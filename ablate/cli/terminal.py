@@ -93,9 +93,16 @@ class Display:
     def on_finish(self, unit: Any, trial: Any) -> None:
         from ablate.storage import TrialAttrs
 
-        self.bar.advance(self.units)
+        from ablate.storage import outcomes
+
         a = TrialAttrs.read(trial.user_attrs)
-        what = a.failure or (f"test error {pct(trial.value)}" if trial.value is not None else "")
+        if a.failure_kind not in outcomes.NOT_TRAINED:  # an untrained sample: its unit is sampled again
+            self.bar.advance(self.units)
+        value = trial.values[0] if trial.values else None
+        label = "val error" if unit.kind == "sample" else "test error"
+        what = a.failure or (f"{label} {pct(value)}" if value is not None else "")
+        if unit.kind == "sample" and a.variant:
+            what = f"{a.variant}: {what}"
         if a.did_not_learn:
             what += " (did not learn: training error at chance level)"
         self.bar.console.print(f"{unit.key}: {trial.state.name.lower()} {what}", highlight=False, soft_wrap=True, markup=False)

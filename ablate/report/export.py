@@ -29,6 +29,8 @@ def write_tables(results: StudyResults, out: Path, fmt: str = "csv") -> list[Pat
     stem = default_path(results.name).stem
     frames = {"trials": results.trials, "epochs": results.epochs, "variants": results.summary,
               "findings": results.findings_table, "points": results.points}
+    if len(results.samples):  # an architecture search: one row per sampled architecture
+        frames["samples"] = results.samples
     paths = []
     for name, frame in frames.items():
         path = out / f"{stem}-{name}.{fmt}"

@@ -34,8 +34,9 @@ from ablate.engine.train import Epoch, Result, load_data, resolve_device, schedu
 from ablate.runs import scheduling, stopping
 from ablate.runs.options import GRACE_SECONDS, OptionError, check_grace, fuse_size, parse_fuse
 from ablate.runs.scheduling import Unit, study_units
-from ablate.runs.setup import create_or_check, distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
+from ablate.runs.setup import create_or_check, distributions, space_distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
 from ablate.runs.trials import reap, run_group, run_trial
+from ablate.spec import limits
 from ablate.spec.paths import usable_dir, user_path
 from ablate.spec.recipe import Recipe, input_info, recipe_dict
 from ablate.spec.study import Study
@@ -146,6 +147,10 @@ class Runner:
         self.metric = objective_metric(study)
         self.device_name = str(self.device) if self.device.type == "cpu" else f"{self.device.type}:{torch.cuda.current_device()}"
         self.worker = S.Worker.here(_physical_device(self.device_name))
+        self.spaces = {space.name: space for space in study.spaces}
+        self.reports = study.sample is None or not study.sample.multi  # Optuna cannot report (or prune) a multi-objective trial
+        if study.is_search:
+            check_budget(study)
         self.checkpoints: dict[int, Path] = {}  # trial number -> its checkpoint, removed once the trial is stored
         self.retry: dict[str, int] = {}  # with retry_failed: unit key -> the number of its failed trial, retried once
 
@@ -157,7 +162,9 @@ class Runner:
             while True:
                 stopping.check()
                 reap(self.ostudy, self.storage, self.grace)
-                plan = scheduling.plan(self.units, self._records(), self.retry)
+                records = self._records()
+                plan = scheduling.plan(self.units, records, self.retry)
+                _check_untrained(records)
                 if plan.finished:
                     return self.ostudy
                 if (plan.ready or plan.impossible) and self._claim_and_run(plan):
@@ -218,9 +225,43 @@ class Runner:
 
     # -------------------------------------------------------- one trial
 
+    def _sample(self, trial: optuna.Trial, unit: Unit) -> Unit:
+        """A sample unit's architecture: its axes suggested by the sampler, its cost measured on the
+        meta device; an infeasible or already sampled architecture fails the trial before training
+        (its unit is then sampled again: ablate.runs.scheduling)."""
+        space = self.spaces[unit.space]
+        dists = space_distributions(self.study)
+        # Read the study's trials first: Optuna's cached storage writes a param only for a trial
+        # it has read (this one was created by the claim, not by Optuna), and the sampler learns from them.
+        self.ostudy.get_trials(deepcopy=False)
+        values = {a.key: suggest(trial, a.key, dists[a.key]) for a in space.axes}
+        S.set_trial_attrs(trial, space=space.name)
+        try:
+            spec = space.spec(values)
+        except ValueError as exc:
+            S.set_trial_attrs(trial, failure_kind=outcomes.INFEASIBLE, failure=f"not a valid network: {exc}")
+            raise TrialFailed(str(exc)) from None
+        params, macs = measure(spec, input_info(self.study.info, self.study.recipe))
+        S.set_trial_attrs(trial, variant=spec.name, spec=spec.axes(), params=params, macs=macs)
+        assert self.study.sample is not None
+        why = self.study.sample.over_budget(params, macs)
+        if why is None:
+            twin = next((t.number for t in self.ostudy.get_trials(deepcopy=False, states=_TRAINED)
+                         if t.number != trial.number and t.user_attrs.get(S.trial_key("variant")) == spec.name), None)
+            why = None if twin is None else f"{spec.name} was sampled before (trial {twin}); an architecture is trained once"
+            kind = outcomes.DUPLICATE
+        else:
+            kind = outcomes.INFEASIBLE
+        if why is not None:
+            S.set_trial_attrs(trial, failure_kind=kind, failure=why)
+            raise TrialFailed(why)
+        return dataclasses.replace(unit, variant=spec)
+
     def _prepare(self, trial: optuna.Trial) -> _Job:
         """A claimed trial made ready to train: its params suggested, recipe and checkpoint chosen."""
         unit = self.by_key[S.TrialAttrs.read(trial.user_attrs).unit]
+        if unit.kind == "sample":
+            unit = self._sample(trial, unit)
         params = {name: suggest(trial, name, self.dists[name]) for name in param_keys(self.study, unit)}
         recipe = trial_recipe(self.study, unit, params)
         S.set_trial_attrs(trial, recipe=recipe_dict(recipe), device=self.device_name, versions=self.env,
@@ -233,16 +274,25 @@ class Runner:
 
     def _on_epoch(self, job: _Job, e: Epoch) -> None:
         value = getattr(e, self.metric)
-        job.trial.report(value, e.epoch)
+        if self.reports:
+            job.trial.report(value, e.epoch)
         job.reported.add(e.epoch)
         job.history.append(dataclasses.asdict(e))
         S.set_trial_attrs(job.trial, history=job.history)  # live: a report of a running study shows it
         self.progress.on_epoch(job.unit, e)
-        if job.unit.kind == "search" and job.trial.should_prune():
-            raise optuna.TrialPruned(f"{self.metric.replace('_', ' ')} {value:.4f} at epoch {e.epoch} is worse than the variant's median")
+        if job.unit.kind in ("search", "sample") and self.reports and job.trial.should_prune():
+            against = "the other sampled architectures" if job.unit.kind == "sample" else "the variant's median"
+            raise optuna.TrialPruned(f"{self.metric.replace('_', ' ')} {value:.4f} at epoch {e.epoch} is worse than {against}")
 
     def _objective(self, trial: optuna.Trial) -> float:
-        job = self._prepare(trial)
+        try:
+            job = self._prepare(trial)
+        except TrialFailed:  # its reason is stored
+            raise
+        except Exception as exc:  # recorded as the trial's own failure: the study goes on
+            S.set_trial_attrs(trial, failure=" ".join(f"{type(exc).__name__}: {exc}".split())[:2000],
+                              failure_kind=outcomes.exception_kind(exc))
+            raise
         return self._conclude(job, lambda: train(job.unit.variant, job.recipe, self.data, device=self.device, seed=job.unit.seed,
                                                  callback=job.on_epoch, checkpoint=job.ckpt, poll=stopping.check))
 
@@ -308,14 +358,18 @@ class Runner:
                 torch.cuda.empty_cache()
             raise
         self._record(job, result)
-        return getattr(result.final, self.metric)
+        value = getattr(result.final, self.metric)
+        if not self.reports:  # two objectives: the error, then the architecture's cost
+            assert self.study.sample is not None
+            return [value, float(getattr(result, self.study.sample.objectives[1]))]  # type: ignore[return-value]
+        return value
 
     def _record(self, job: _Job, result: Result) -> None:
         """A finished run's results as the trial's attributes; a diverged run fails the trial."""
         trial, data = job.trial, self.data
         job.history[:] = [dataclasses.asdict(e) for e in result.history]  # restored epochs included
         for e in result.history:  # epochs restored from a checkpoint were reported by the killed trial
-            if e.epoch not in job.reported:
+            if e.epoch not in job.reported and self.reports:
                 trial.report(getattr(e, self.metric), e.epoch)
         S.set_trial_attrs(
             trial, params=result.params, macs=result.macs, history=job.history,
@@ -343,6 +397,30 @@ class Runner:
         key = S.TrialAttrs.read(trial.user_attrs).unit
         if key in self.by_key:
             self.progress.on_finish(self.by_key[key], trial)
+
+
+_TRAINED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def check_budget(study: Study) -> None:
+    """Every space holds an architecture within the budget; else one line naming the budget and
+    the smallest architecture's cost (measured on the meta device)."""
+    assert study.sample is not None
+    for space in study.spaces:
+        costs = [(measure(spec, input_info(study.info, study.recipe)), spec) for spec in space.cheapest_candidates()]
+        if costs and all(study.sample.over_budget(p, m) for (p, m), _ in costs):
+            (params, macs), spec = min(costs, key=lambda c: (c[0][1], c[0][0]))
+            budget = "max_macs" if study.sample.max_macs is not None and macs > study.sample.max_macs else "max_params"
+            raise OptionError(f"sample.{budget}: no architecture of space {space.name!r} fits the budget; the smallest, "
+                              f"{spec.name}, has {macs} MACs and {params} parameters; raise {budget} or make the space smaller")
+
+
+def _check_untrained(records: list[S.TrialRecord]) -> None:
+    """A sampler that keeps drawing what cannot be trained (infeasible, or sampled before) stops the run."""
+    untrained = sum(1 for r in records if r.failure_kind in outcomes.NOT_TRAINED)
+    if untrained > limits.MAX_INFEASIBLE:
+        raise OptionError(f"sample.count: {untrained} samples could not be trained (over the budget or sampled before); "
+                          "the space may hold fewer feasible architectures than count: lower count, widen the space or raise the budget")
 
 
 def _epochs(n: int) -> str:

@@ -15,7 +15,10 @@ Rules:
 - a variant's final runs wait until all of its search trials are done (search, then final);
   when none of them completed, its final runs are *impossible* (no recipe to repeat);
 - a unit whose last attempt failed for a reason not its own (killed, interrupted) is *ready*
-  again, with that attempt's params, so its checkpoint resumes.
+  again, with that attempt's params, so its checkpoint resumes;
+- an architecture search's sample that was never trained (infeasible: over the budget; or a
+  duplicate of an architecture sampled before) does not count: its unit is *ready* again, and
+  the sampler draws another architecture.
 """
 
 from __future__ import annotations
@@ -34,27 +37,36 @@ IN_FLIGHT = ("WAITING", "RUNNING")
 
 @dataclass(frozen=True)
 class Unit:
-    """One trial's worth of work: a variant's search trial or one of its final seeded runs."""
+    """One trial's worth of work: a variant's search trial or one of its final seeded runs; or,
+    in an architecture search, one sampled architecture of a space (`variant` None until sampled)."""
 
-    variant: VariantSpec
-    kind: str  # "search" | "final"
+    variant: VariantSpec | None
+    kind: str  # "search" | "final" | "sample"
     index: int
     first_seed: int = FIRST_SEED  # [seeds] start: the seed of final run 0
+    space: str | None = None  # a sample's [[space]] name
 
     @property
     def seed(self) -> int:
         # Search trials share seed 0, so hyperparameters are compared on one initialisation; final
         # runs use fresh seeds (1..count unless [seeds] start moves them), so a variant's reported
         # error is not the best of its search.
-        return 0 if self.kind == "search" else self.first_seed + self.index
+        return 0 if self.kind in ("search", "sample") else self.first_seed + self.index
 
     @property
     def key(self) -> str:
+        if self.space is not None:  # the same before and after its architecture is sampled
+            return f"{self.space}/{self.kind}/{self.index}"
+        assert self.variant is not None
         return f"{self.variant.name}/{self.kind}/{self.index}"
 
 
 def study_units(study: Study) -> list[Unit]:
-    """Every unit, variant by variant: its search trials, then its final runs."""
+    """Every unit, variant by variant: its search trials, then its final runs. An architecture
+    search: `[sample] count` samples per space."""
+    if study.is_search:
+        assert study.sample is not None
+        return [Unit(None, "sample", i, space=space.name) for space in study.spaces for i in range(study.sample.count)]
     units = []
     for spec in study.variants:
         if study.search is not None:
@@ -77,7 +89,7 @@ def unit_state(records: Sequence[TrialRecord]) -> UnitState:
     in_flight: set[str] = set()
     interrupted: dict[str, TrialRecord] = {}
     for r in records:  # in trial order: a unit retried with --retry-failed is done by its latest attempt
-        if r.unit is None:
+        if r.unit is None or r.failure_kind in outcomes.NOT_TRAINED:  # another sample is drawn for the unit
             continue
         if r.state in COUNTING or (r.state == "FAIL" and outcomes.is_own(r.failure_kind)):
             done[r.unit] = r

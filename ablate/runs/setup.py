@@ -23,7 +23,7 @@ from ablate.runs.scheduling import Unit, study_units
 from ablate.spec.recipe import Recipe, input_info, recipe_dict
 from ablate.spec.study import Study, definition, growth
 
-__all__ = ["distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest", "sampler_for", "pruner_for",
+__all__ = ["space_distributions", "directions", "metric_names", "TrialSeeded", "distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest", "sampler_for", "pruner_for",
            "PerVariantSampler", "PerVariantPruner", "same_variant", "create_or_check", "study_attrs"]
 
 
@@ -51,18 +51,40 @@ def _searched_distribution(p: Any) -> BaseDistribution:
     return FloatDistribution(p.low, p.high, log=p.log)
 
 
+def space_distributions(study: Study) -> dict[str, BaseDistribution]:
+    """An architecture search's sampled axes: a list is categorical, a range an integer range.
+    An axis that two spaces sample spans both (one distribution per param in one Optuna study)."""
+    values: dict[str, list[Any]] = {}
+    ranges: dict[str, Any] = {}
+    for space in study.spaces:
+        for a in space.axes:
+            if a.is_range:
+                ranges.setdefault(a.key, []).append(a)
+            else:
+                values.setdefault(a.key, []).extend(a.choices)
+    dists: dict[str, BaseDistribution] = {k: CategoricalDistribution(list(dict.fromkeys(v))) for k, v in values.items() if k not in ranges}
+    for key, axes in ranges.items():
+        low = min([a.low for a in axes] + [v for v in values.get(key, [])])
+        high = max([a.high for a in axes] + [v for v in values.get(key, [])])
+        dists[key] = IntDistribution(low, high, log=all(a.log for a in axes))
+    return dists
+
+
 def distributions(study: Study) -> dict[str, BaseDistribution]:
     """One distribution per param over the whole study, so every trial's params are compatible
     and the dashboard's slice / parallel-coordinate / importance plots span the ablation axes.
     A recipe key that a variant overrides spans every variant's value."""
     dists: dict[str, BaseDistribution] = {}
     axes = [S.spec_params(s) for s in study.variants]
+    if study.is_search:
+        dists.update(space_distributions(study))
+        axes = [{}]
     for key in axes[0]:
         values = [a[key] for a in axes]
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
         dists[key] = IntDistribution(min(values), max(values)) if ints else CategoricalDistribution(sorted(set(values), key=str))
     searched = _searched(study)
-    recipes = [study.recipe_for(spec) for spec in study.variants]
+    recipes = [study.recipe_for(spec) for spec in study.variants] or [study.recipe]
     for f in dataclasses.fields(Recipe):
         if f.name in searched:
             dists[f.name] = _searched_distribution(searched[f.name])
@@ -76,9 +98,9 @@ def distributions(study: Study) -> dict[str, BaseDistribution]:
 
 def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -> dict[str, Any]:
     """The params known before a unit runs: everything but the searched values of a search trial."""
-    params = {**S.spec_params(unit.variant), "seed": unit.seed}
+    params = {**(S.spec_params(unit.variant) if unit.kind != "sample" else {}), "seed": unit.seed}
     searched = _searched(study)
-    recipe = study.recipe_for(unit.variant)
+    recipe = study.recipe if unit.variant is None else study.recipe_for(unit.variant)
     for f in dataclasses.fields(Recipe):
         value = getattr(recipe, f.name)
         if f.name in searched:
@@ -92,6 +114,8 @@ def fixed_params(study: Study, unit: Unit, best: dict[str, Any] | None = None) -
 def param_keys(study: Study, unit: Unit) -> list[str]:
     """The params a unit's trial holds: its fixed params and, for a search trial, the searched keys."""
     searched = list(_searched(study))
+    if unit.kind == "sample":
+        return list(fixed_params(study, unit))
     return list(dict.fromkeys([*fixed_params(study, unit, {k: None for k in searched}), *searched]))
 
 
@@ -104,7 +128,17 @@ def trial_recipe(study: Study, unit: Unit, params: dict[str, Any]) -> Recipe:
 def objective_metric(study: Study) -> str:
     """What a trial's value and intermediate values are: the validation error when the study
     searches (so the sampler and the pruner never see the test set), else the test error."""
-    return "val_error" if study.search is not None else "test_error"
+    return "val_error" if study.search is not None or study.is_search else "test_error"
+
+
+def directions(study: Study) -> list[str]:
+    """The Optuna study's directions: every objective is minimised (errors, MACs, params)."""
+    return ["minimize"] * (len(study.sample.objectives) if study.sample is not None else 1)
+
+
+def metric_names(study: Study) -> list[str]:
+    """Optuna's names of the objectives, so optuna-dashboard labels the axes of the Pareto front."""
+    return list(study.sample.objectives) if study.sample is not None else [objective_metric(study)]
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -187,7 +221,55 @@ class PerVariantPruner(optuna.pruners.BasePruner):
         return self._inner.prune(same_variant(study, trial, (TrialState.COMPLETE,)), trial)
 
 
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """An architecture search's sampler, made afresh for each trial with a seed of the study's
+    seed and the trial's number: every worker, and a resumed run, draws what the same trial would
+    have drawn, and two workers never draw from one random stream in step. Whatever a sampler
+    learns lives in the stored trials, which it reads again each time."""
+
+    def __init__(self, make: Any, seed: int):
+        self._make, self._seed = make, seed
+        self._current: tuple[int, optuna.samplers.BaseSampler] | None = None
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if self._current is None or self._current[0] != trial.number:
+            self._current = (trial.number, self._make((self._seed * 1_000_003 + trial.number) % 2**32))
+        return self._current[1]
+
+    def infer_relative_search_space(self, study, trial):  # noqa: D102
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: D102
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):  # noqa: D102
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):  # noqa: D102
+        self._for(trial).after_trial(study, trial, state, values)
+
+
+def _space_sampler(study: Study) -> optuna.samplers.BaseSampler:
+    sample = study.sample
+    assert sample is not None
+    startup = max(2, sample.count // 3)
+    with warnings.catch_warnings():  # constant_liar is experimental in Optuna; it is what parallel workers need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        makers = {
+            "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+            "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True,
+                                                           multivariate=True),
+            "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, startup)),
+        }
+    return TrialSeeded(makers[sample.sampler], sample.seed)
+
+
 def sampler_for(study: Study) -> optuna.samplers.BaseSampler:
+    if study.is_search:
+        return _space_sampler(study)
     if study.search is None or study.search.sampler == "random":
         inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler()
     else:
@@ -197,7 +279,22 @@ def sampler_for(study: Study) -> optuna.samplers.BaseSampler:
     return PerVariantSampler(inner)
 
 
+def _space_pruner(study: Study) -> optuna.pruners.BasePruner:
+    """Multi-fidelity pruning of an architecture search, epochs as the resource: every sampled
+    architecture competes with the others (no per-variant pruning: that is the point of a search)."""
+    assert study.sample is not None
+    epochs: Any = study.recipe.epochs or "auto"
+    return {
+        "none": lambda: optuna.pruners.NopPruner(),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3),
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+    }[study.sample.pruner]()
+
+
 def pruner_for(study: Study) -> optuna.pruners.BasePruner:
+    if study.is_search:
+        return _space_pruner(study)
     if study.search is None or study.search.pruner == "none":
         return optuna.pruners.NopPruner()
     return PerVariantPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
@@ -211,9 +308,16 @@ def create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optuna
     file may grow a stored study (more variants, more seeds: only the new units run), never
     change what a stored unit means (ablate.spec.study.growth)."""
     ostudy = optuna.create_study(
-        study_name=study.name, storage=storage, direction="minimize", load_if_exists=True,
+        study_name=study.name, storage=storage, directions=directions(study), load_if_exists=True,
         sampler=sampler_for(study), pruner=pruner_for(study),
     )
+    if len(ostudy.directions) != len(directions(study)):
+        raise S.StorageError(f"the storage already holds a study named {study.name!r} with {len(ostudy.directions)} objective(s), "
+                             f"this file has {len(directions(study))}; rename the study (name = ...) or use another --storage")
+    if study.is_search and ostudy.metric_names is None:
+        with warnings.catch_warnings():  # experimental in Optuna; what optuna-dashboard labels the front with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ostudy.set_metric_names(metric_names(study))
     mine = definition(study)
     stored = S.StudyAttrs.read(ostudy.user_attrs).definition
     if stored is not None:

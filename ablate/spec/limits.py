@@ -45,6 +45,12 @@ MAX_SEEDS = 100
 SEEDS_REASON = "every seed is a full training run of every variant; 3 to 5 seeds are usual"
 MAX_TRIALS = 1_000
 TRIALS_REASON = "search trials per variant, each a full training run"
+#: Architectures trained by one search, over all its spaces ([sample] count x spaces).
+MAX_SAMPLES = 2_000
+SAMPLES_REASON = "each sampled architecture is a full training run; split a larger search into several studies"
+#: Infeasible samples (over the budget, or not a valid net) a search records before it stops: a
+#: sampler that keeps proposing what cannot be trained is stopped with one line, not left to loop.
+MAX_INFEASIBLE = 1_000
 MAX_UNITS = 20_000
 UNITS_REASON = "trials in the whole study (variants x (search trials + seeds)), each a full training run"
 

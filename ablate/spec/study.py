@@ -20,9 +20,10 @@ from typing import Any
 from ablate.spec import limits
 from ablate.spec.catalog import DATASETS, DatasetInfo, dataset_info
 from ablate.spec.recipe import ALTERNATIVES, Recipe, make_recipe, recipe_dict
+from ablate.spec.space import Sample, Space, SpaceError, parse_sample, parse_spaces
 from ablate.spec.variants import AXES, VariantSpec, make_variant
 
-TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds")
+TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds", "space", "sample")
 #: Recipe keys a [search] may tune, and how: the data and the budget (epochs) stay fixed so that
 #: every variant and every trial is measured on the same footing.
 SEARCHABLE = {
@@ -94,6 +95,14 @@ class Study:
     #: per variant name, the recipe keys its [[variant]] table overrides (its `train = {...}`)
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     first_seed: int = 1  # the final runs use seeds first_seed .. first_seed + seeds - 1 (search trials: 0)
+    #: an architecture search ([[space]] and [sample]): no variants, `sample.count` sampled per space
+    spaces: tuple[Space, ...] = ()
+    sample: Sample | None = None
+
+    @property
+    def is_search(self) -> bool:
+        """An architecture search: the networks are sampled from [[space]] tables, not listed."""
+        return bool(self.spaces)
 
     @property
     def final_seeds(self) -> range:
@@ -220,6 +229,8 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     where = path
     doc = _read_toml(where, text)
     name, description, dataset = _header(where, doc)
+    if "space" in doc or "sample" in doc:
+        return _parse_space_study(where, doc, text, name, description, dataset)
     variants, fixed, grid, extra, trains = _variants(where, doc)
     recipe, overrides, search = _recipe_and_search(where, doc, dataset, fixed, grid, extra, trains)
     seeds, first_seed = _seeds(where, doc, len(variants), search)
@@ -227,6 +238,37 @@ def parse_study(text: str, path: str = "<study>") -> Study:
         name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
         recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides,
     )
+
+
+def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, description: str, dataset: str) -> Study:
+    """An architecture search: [[space]] and [sample] over [fixed] and [train] (ablate.spec.space)."""
+    if "space" not in doc:
+        raise StudyError(f"{where}: sample: [sample] needs at least one [[space]] table of axes to sample; add one or remove [sample]")
+    for key, table in (("grid", "[grid]"), ("variant", "[[variant]]")):
+        if key in doc:
+            raise StudyError(f"{where}: {key}: {table} and [[space]] cannot be in one study (listed networks or sampled ones); "
+                             "remove one, or make two studies")
+    if "search" in doc:
+        raise StudyError(f"{where}: search: [search] (recipe tuning) and [[space]] in one study are not supported; "
+                         "remove [search]: every sampled architecture trains with [train]")
+    if "seeds" in doc:
+        raise StudyError(f"{where}: seeds: final seeded runs of a search's finalists are not implemented yet; remove [seeds]")
+    fixed = doc.get("fixed", {})
+    _expect(where, "fixed", fixed, dict, "a table [fixed] of axis = value")
+    _check_axes(where, "fixed", fixed)
+    if "sample" not in doc:
+        raise StudyError(f"{where}: sample: missing; add [sample] with count = N (architectures to train per space)")
+    try:
+        spaces = parse_spaces(doc["space"], fixed)
+        sample = parse_sample(doc["sample"], len(spaces))
+    except SpaceError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    recipe, _, _ = _recipe_and_search(where, {k: v for k, v in doc.items() if k != "search"}, dataset, fixed, {}, [], [])
+    if recipe.val_size == 0:
+        raise StudyError(f"{where}: train.val_size: a [[space]] search selects architectures on a validation split "
+                         "(never on the test set); hold some training examples out, e.g. val_size = 5000")
+    return Study(name=name, description=description, dataset=dataset, variants=(), source=text, path=where,
+                 recipe=recipe, spaces=spaces, sample=sample)
 
 
 def _read_toml(where: str, text: str) -> dict[str, Any]:
@@ -519,6 +561,10 @@ def definition(study: Study) -> str:
         doc["first_seed"] = study.first_seed
     if study.overrides:
         doc["overrides"] = study.overrides
+    if study.is_search:
+        assert study.sample is not None
+        doc["spaces"] = [space.describe() for space in study.spaces]
+        doc["sample"] = study.sample.describe()
     return json.dumps(doc, sort_keys=True)
 
 

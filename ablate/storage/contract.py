@@ -164,7 +164,10 @@ class TrialAttrs:
     # the unit: written when it is claimed
     unit: str | None = _key("unit")  # "<variant>/<kind>/<index>"
     variant: str | None = _key("variant")
-    kind: str | None = _key("kind")  # "search" | "final"
+    kind: str | None = _key("kind")  # "search" | "final" | "sample"
+    # an architecture search's sample: its [[space]], and the sampled network's axes (all of them)
+    space: str | None = _key("space")
+    spec: dict[str, Any] | None = _key("spec")
     index: int | None = _key("index")
     seed: int | None = _key("seed")
     worker: Worker | None = _key("worker")
@@ -222,7 +225,7 @@ def set_trial_attrs(trial: "optuna.Trial", **fields: Any) -> None:
 
 def unit_attrs(unit: Any, worker: Worker | None = None) -> dict[str, Any]:
     """The attributes that make a trial one attempt at a unit (ablate.scheduling.Unit)."""
-    return encode_trial_attrs(unit=unit.key, variant=unit.variant.name, kind=unit.kind, index=unit.index, seed=unit.seed,
+    return encode_trial_attrs(unit=unit.key, variant=unit.variant.name if unit.variant is not None else None, kind=unit.kind, index=unit.index, seed=unit.seed,
                               worker=worker)
 
 

@@ -37,9 +37,14 @@ INTERRUPTED = "interrupted"  # SIGINT or SIGTERM (Ctrl-C, timeout, Slurm, Kubern
 KILLED = "killed"  # the process died mid-trial; Optuna's heartbeat failed the trial (no attributes)
 STORAGE = "storage"  # its checkpoint could not be written (a full disk)
 
+# An architecture search's samples that were never trained: they do not count toward [sample] count.
+INFEASIBLE = "infeasible"  # over the MACs or params budget, or not a valid network
+DUPLICATE = "duplicate"  # an architecture sampled before: trained once, not again
+
 OWN = (DIVERGED, OUT_OF_MEMORY, ERROR, NO_RECIPE)
 NOT_OWN = (INTERRUPTED, KILLED, STORAGE)
-KINDS = OWN + NOT_OWN
+NOT_TRAINED = (INFEASIBLE, DUPLICATE)
+KINDS = OWN + NOT_OWN + NOT_TRAINED
 
 
 def failure_kind(state: Any, user_attrs: dict[str, Any]) -> str | None:
@@ -140,7 +145,7 @@ def records(trials: Iterable["FrozenTrial"]) -> list[TrialRecord]:
     """Stored trials as records, in trial order. A trial's params include those it was enqueued
     with (Optuna's `fixed_params`), for a trial killed before its objective set any."""
     return [record(t.number, t.state.name, t.user_attrs, {**t.system_attrs.get("fixed_params", {}), **t.params},
-                   t.value if t.values else None) for t in trials]
+                   t.values[0] if t.values else None) for t in trials]
 
 
 def selection_error(val_error: float | None, test_error: float) -> float:
