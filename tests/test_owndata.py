@@ -215,3 +215,16 @@ def test_ablate_variants_run_and_rerun_on_a_generated_folder(tmp_path):
     again = CliRunner().invoke(app, ["run", str(tmp_path / "study.toml"), "--storage", url, "--device", "cpu"])
     assert again.exit_code == 2 and "Traceback" not in again.output
     assert "differs in: dataset" in again.output
+
+
+def test_the_example_study_reads_the_folder_its_script_writes(tmp_path):
+    """studies/own/shapes.toml with the data studies/own/make_shapes.py writes, as the README says."""
+    import runpy
+    import shutil
+
+    root = Path(__file__).resolve().parents[1] / "studies" / "own"
+    runpy.run_path(str(root / "make_shapes.py"))["main"](tmp_path / "data" / "shapes")
+    shutil.copy(root / "shapes.toml", tmp_path / "shapes.toml")
+    s = parse_study((tmp_path / "shapes.toml").read_text(), str(tmp_path / "shapes.toml"))
+    assert (s.dataset, s.info.channels, s.info.classes, s.info.size, s.info.train_size, s.info.test_size) == \
+        ("shapes", 3, 3, 32, 900, 300)
