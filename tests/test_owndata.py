@@ -228,3 +228,13 @@ def test_the_example_study_reads_the_folder_its_script_writes(tmp_path):
     s = parse_study((tmp_path / "shapes.toml").read_text(), str(tmp_path / "shapes.toml"))
     assert (s.dataset, s.info.channels, s.info.classes, s.info.size, s.info.train_size, s.info.test_size) == \
         ("shapes", 3, 3, 32, 900, 300)
+
+
+def test_an_image_whose_header_reads_but_whose_pixels_do_not_is_named_on_loading(tmp_path):
+    make_folder(tmp_path / "d", size=(64, 64))
+    whole = (tmp_path / "d" / "train" / "bee" / "0.png").read_bytes()
+    (tmp_path / "d" / "train" / "bee" / "0.png").write_bytes(whole[: len(whole) // 2])  # cut short: the header survives
+    s = study(tmp_path / "d", 'path = "d"\n')
+    with pytest.raises(DataError, match=r"dataset 'd': .*train/bee/0\.png is not a readable image .*delete or replace it"):
+        fresh_load(s, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "own").exists() or not list((tmp_path / "cache" / "own").glob("*.npz"))

@@ -101,6 +101,7 @@ def _write_cache(path: Path, arrays: OwnArrays, info: DatasetInfo) -> None:
 
 
 def _decode_folder(own: OwnData) -> OwnArrays:
+    global decoded_images
     out = []
     with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
         for split in ("train", "test"):
@@ -111,13 +112,13 @@ def _decode_folder(own: OwnData) -> OwnArrays:
                 images[i] = _decode(items[i][0], own.info.channels, own.info.size)
 
             list(pool.map(decode, range(len(items))))
+            decoded_images += len(items)  # counted here, in one thread: += from the pool's threads could lose counts
             out += [images, np.array([label for _, label in items], np.int64)]
     return out[0], out[1], out[2], out[3]
 
 
 def _decode(path: Path, channels: int, size: int) -> np.ndarray:
     """One image as uint8 [C, size, size]: converted to grey or RGB, resized when it is not size x size."""
-    global decoded_images
     from PIL import Image
 
     try:
@@ -128,7 +129,6 @@ def _decode(path: Path, channels: int, size: int) -> np.ndarray:
             array = np.asarray(image, np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise OwnDataReadError(f"{path} is not a readable image ({' '.join(str(exc).split())}); delete or replace it") from None
-    decoded_images += 1  # not exact under threads (+= is not atomic); tests read it single-file
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
