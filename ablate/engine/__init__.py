@@ -3,6 +3,7 @@ Imports no Optuna: it trains what it is given and reports each epoch through a c
 
     data        datasets as uint8 tensors on the device, batches, augmentation on whole batches
     bundled     the Fashion-MNIST subset that ships with ablate
+    owndata     your own data decoded once (in parallel) and cached in the data dir
     models      `build_model(spec, info, runs=K)`: one builder for every variant, fused or not
     train       `train`, `train_runs`: one run, or K runs fused into one network
     checkpoint  atomic, checksummed epoch checkpoints
@@ -18,6 +19,7 @@ from typing import Any
 
 _WHERE = {
     "DataError": "data", "Split": "data", "Splits": "data", "load_dataset": "data",
+    "read_own": "owndata", "OwnDataReadError": "owndata",
     "build_model": "models", "measure": "models", "count_params": "models", "count_macs": "models",
     "train": "train", "train_runs": "train", "load_data": "train", "Epoch": "train", "Result": "train",
     "resolve_device": "train", "Precision": "train",

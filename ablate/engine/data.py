@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ablate.spec.paths import user_path
 from ablate.engine.bundled import read_bundle
 from ablate.spec.catalog import AUGMENTATIONS, DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
+from ablate.spec.owndata import OwnData
 
 log = logging.getLogger(__name__)  # one-line notices (the bundled subset in use); `ablate run` prints them
 
@@ -97,7 +98,7 @@ def _data_root(data_dir: str | os.PathLike[str] | None) -> Path:
 
 
 def load_dataset(
-    name: str,
+    name: str | OwnData,
     *,
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
@@ -119,29 +120,19 @@ def load_dataset(
     dataset-fashion-mnist), then, for Fashion-MNIST, the subset bundled with ablate
     (`ablate.bundled`) if it holds every example asked for (it gives the same images), and last
     a download into the data dir. Raises DataError when none has the dataset.
+
+    Own data (an `OwnData`, from a study's [dataset] table) is read from its folder or .npz file,
+    decoded once and cached in the data dir (`ablate.engine.owndata`).
     """
-    info = dataset_info(name)
     chosen = None  # the bundle's positions of the examples asked for, when the bundle is used
-    if name == "synthetic":
-        arrays, source = _synthetic(), "generated"
+    if isinstance(name, OwnData):
+        _check_fits(name, torch.device(device), train_subset or name.info.train_size - val_size,
+                    val_size + (test_subset or name.info.test_size))
+        arrays, info, source = _own(name, data_dir)
     else:
-        root = _data_root(data_dir)
-        bundled, why_not = (None, "") if _on_disk(name, root) else _from_bundle(
-            name, root, train_subset=train_subset, val_size=val_size, test_subset=test_subset, seed=seed)
-        if bundled is not None:
-            arrays, chosen, source = bundled
-        else:
-            try:
-                folder, missing = _locate(name, root, download), None
-            except DataError as exc:
-                folder, missing = None, f"{exc}{why_not}"
-            if missing is not None:  # raised outside the handler: one error, no chained context
-                raise DataError(missing)
-            arrays, source = read_files(name, str(folder)), str(folder)
-            if data_dir is not None and root not in Path(folder).absolute().parents and Path(folder).absolute() != root:
-                # The folder the user named was not used: say so, and which one was.
-                there = "does not exist" if not root.exists() else f"holds no {name} files"
-                log.info(f"{name}: the data dir {root} {there}; using {folder}")
+        info = dataset_info(name)
+        arrays, chosen, source = _builtin(name, data_dir, download, train_subset=train_subset, val_size=val_size,
+                                          test_subset=test_subset, seed=seed)
     train_x, train_y, test_x, test_y = arrays
     if chosen is None:
         train_idx, val_idx = split_indices(train_y, val_size=val_size, train_subset=train_subset, seed=seed)
@@ -163,6 +154,68 @@ def load_dataset(
         test=take(test_x, test_y, test_idx),
         info=info,
         source=source,
+    )
+
+
+def _builtin(name: str, data_dir: str | os.PathLike[str] | None, download: bool, *, train_subset: int | None,
+             val_size: int, test_subset: int | None, seed: int) -> tuple[_Arrays, tuple | None, str]:
+    """A built-in dataset's arrays, the bundle's positions of the examples asked for (or None), and its source."""
+    if name == "synthetic":
+        return _synthetic(), None, "generated"
+    root = _data_root(data_dir)
+    bundled, why_not = (None, "") if _on_disk(name, root) else _from_bundle(
+        name, root, train_subset=train_subset, val_size=val_size, test_subset=test_subset, seed=seed)
+    if bundled is not None:
+        return bundled
+    try:
+        folder, missing = _locate(name, root, download), None
+    except DataError as exc:
+        folder, missing = None, f"{exc}{why_not}"
+    if missing is not None:  # raised outside the handler: one error, no chained context
+        raise DataError(missing)
+    if data_dir is not None and root not in Path(folder).absolute().parents and Path(folder).absolute() != root:
+        # The folder the user named was not used: say so, and which one was.
+        there = "does not exist" if not root.exists() else f"holds no {name} files"
+        log.info(f"{name}: the data dir {root} {there}; using {folder}")
+    return read_files(name, str(folder)), None, str(folder)
+
+
+def _own(own: OwnData, data_dir: str | os.PathLike[str] | None) -> tuple[_Arrays, DatasetInfo, str]:
+    """Own data's arrays as CPU tensors, its measured info and its source; DataError when they cannot be had."""
+    from ablate.engine.owndata import OwnDataReadError, read_own
+
+    try:
+        arrays, info, source = read_own(own, _data_root(data_dir))
+    except OwnDataReadError as exc:
+        raise DataError(f"dataset {own.name!r}: {exc}") from None
+    tensors = (torch.from_numpy(_writable(a)) for a in arrays)
+    return tuple(tensors), info, source  # type: ignore[return-value]
+
+
+#: Of the device's free memory (the host's, on the CPU), what the uint8 data may take: training needs the rest.
+DATA_SHARE = 0.5
+
+
+def _check_fits(own: OwnData, device: torch.device, train: int, others: int) -> None:
+    """A DataError, before decoding, when the training and other (validation, test) images would not
+    fit in the device's memory."""
+    info = own.info
+    images = train + others
+    per_image = info.channels * info.size * info.size
+    needed = images * per_image
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else needed * 4
+    room = int(free * DATA_SHARE)
+    if needed <= room:
+        return
+    side = max(8, int(math.sqrt(room / images / info.channels)))
+    fits = max(1, room // per_image - others)
+    raise DataError(
+        f"dataset {own.name!r}: {images} images of {info.channels}x{info.size}x{info.size} "
+        f"take {needed / 2**30:.1f} GiB as uint8, more than {DATA_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {device}; "
+        f"set size = {side} (or less) in [dataset], or train_subset = {fits} (or less) in [train]"
     )
 
 

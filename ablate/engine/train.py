@@ -24,6 +24,7 @@ from torch import nn
 
 from ablate.engine.checkpoint import load as load_checkpoint
 from ablate.engine.checkpoint import save as save_checkpoint
+from ablate.spec.owndata import OwnData
 from ablate.engine.data import Split, Splits, augment, batches, load_dataset, normalize
 from ablate.engine.models import build_model, count_params, fuse_states, measure, split_state
 from ablate.spec.recipe import (  # noqa: F401 (re-exported)
@@ -155,7 +156,7 @@ def _evaluate(model: nn.Module, split: Split, info, recipe: Recipe, device: torc
     return [w / len(split.labels) for w in wrong.tolist()]
 
 
-def load_data(dataset: str, recipe: Recipe, *, device: str | torch.device = "cpu", data_dir=None, download: bool = True) -> Splits:
+def load_data(dataset: str | OwnData, recipe: Recipe, *, device: str | torch.device = "cpu", data_dir=None, download: bool = True) -> Splits:
     """The dataset as a recipe asks for it: its training subset, validation split and test subset
     (seed 0, so every variant and seed of a study sees the same examples)."""
     return load_dataset(dataset, data_dir=data_dir, device=device, train_subset=recipe.train_subset,

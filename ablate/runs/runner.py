@@ -137,7 +137,7 @@ class Runner:
         self.storage = S.open_storage(storage_url, grace=grace, retry=storage_retry)
         self.ostudy = create_or_check(study, self.storage)
         # The data first: a missing dataset is an error before anything is trained.
-        self.data: Splits = load_data(study.dataset, study.recipe, device=self.device, data_dir=data_dir, download=download)
+        self.data: Splits = load_data(study.data, study.recipe, device=self.device, data_dir=data_dir, download=download)
         self.units = study_units(study)
         self.by_key = {u.key: u for u in self.units}
         self.dists = distributions(study)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ablate.spec import limits
 from ablate.spec.catalog import DATASETS, DatasetInfo, dataset_info
+from ablate.spec.owndata import OwnData, OwnDataError, scan_own_data
 from ablate.spec.recipe import ALTERNATIVES, Recipe, make_recipe, recipe_dict
 from ablate.spec.space import Sample, Space, SpaceError, parse_sample, parse_spaces
 from ablate.spec.variants import AXES, VariantSpec, make_variant
@@ -98,6 +99,7 @@ class Study:
     #: an architecture search ([[space]] and [sample]): no variants, `sample.count` sampled per space
     spaces: tuple[Space, ...] = ()
     sample: Sample | None = None
+    own_data: OwnData | None = None  # a [dataset] table's folder or .npz file; `dataset` is then its name
 
     @property
     def is_search(self) -> bool:
@@ -111,7 +113,12 @@ class Study:
 
     @property
     def info(self) -> DatasetInfo:
-        return DATASETS[self.dataset]
+        return self.own_data.info if self.own_data is not None else DATASETS[self.dataset]
+
+    @property
+    def data(self) -> str | OwnData:
+        """What `load_dataset` takes: a built-in dataset's name, or the own data."""
+        return self.own_data if self.own_data is not None else self.dataset
 
     def recipe_for(self, spec: VariantSpec) -> Recipe:
         """The variant's recipe: the study's [train], with its own overrides applied."""
@@ -228,19 +235,21 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     """Parse and validate a study file's text; raises StudyError with a message for the user."""
     where = path
     doc = _read_toml(where, text)
-    name, description, dataset = _header(where, doc)
+    name, description, dataset, own = _header(where, doc)
     if "space" in doc or "sample" in doc:
-        return _parse_space_study(where, doc, text, name, description, dataset)
+        return _parse_space_study(where, doc, text, name, description, dataset, own)
     variants, fixed, grid, extra, trains = _variants(where, doc)
-    recipe, overrides, search = _recipe_and_search(where, doc, dataset, fixed, grid, extra, trains)
+    info = own.info if own is not None else DATASETS[dataset]
+    recipe, overrides, search = _recipe_and_search(where, doc, info, fixed, grid, extra, trains)
     seeds, first_seed = _seeds(where, doc, len(variants), search)
     return Study(
         name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
-        recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides,
+        recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides, own_data=own,
     )
 
 
-def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, description: str, dataset: str) -> Study:
+def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, description: str, dataset: str,
+                       own: OwnData | None) -> Study:
     """An architecture search: [[space]] and [sample] over [fixed] and [train] (ablate.spec.space)."""
     if "space" not in doc:
         raise StudyError(f"{where}: sample: [sample] needs at least one [[space]] table of axes to sample; add one or remove [sample]")
@@ -263,12 +272,13 @@ def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, de
         sample = parse_sample(doc["sample"], len(spaces))
     except SpaceError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    recipe, _, _ = _recipe_and_search(where, {k: v for k, v in doc.items() if k != "search"}, dataset, fixed, {}, [], [])
+    info = own.info if own is not None else DATASETS[dataset]
+    recipe, _, _ = _recipe_and_search(where, {k: v for k, v in doc.items() if k != "search"}, info, fixed, {}, [], [])
     if recipe.val_size == 0:
         raise StudyError(f"{where}: train.val_size: a [[space]] search selects architectures on a validation split "
                          "(never on the test set); hold some training examples out, e.g. val_size = 5000")
     return Study(name=name, description=description, dataset=dataset, variants=(), source=text, path=where,
-                 recipe=recipe, spaces=spaces, sample=sample)
+                 recipe=recipe, spaces=spaces, sample=sample, own_data=own)
 
 
 def _read_toml(where: str, text: str) -> dict[str, Any]:
@@ -287,8 +297,8 @@ def _read_toml(where: str, text: str) -> dict[str, Any]:
     return doc
 
 
-def _header(where: str, doc: dict[str, Any]) -> tuple[str, str, str]:
-    """The top-level keys checked; the study's name, description and dataset."""
+def _header(where: str, doc: dict[str, Any]) -> tuple[str, str, str, OwnData | None]:
+    """The top-level keys checked; the study's name, description, dataset name and own data."""
     for key in doc:
         if key not in TOP_LEVEL:
             raise StudyError(f"{where}: {key}: unknown key; valid top-level keys: {', '.join(TOP_LEVEL)}")
@@ -308,13 +318,32 @@ def _header(where: str, doc: dict[str, Any]) -> tuple[str, str, str]:
     if "dataset" not in doc:
         raise StudyError(f"{where}: dataset: missing; add e.g. dataset = \"cifar10\" (one of {', '.join(DATASETS)})")
     dataset = doc["dataset"]
-    _expect(where, "dataset", dataset, str, "a string")
+    if isinstance(dataset, dict):
+        own = _own_data(where, dataset)
+        return name, description, own.name, own
+    _expect(where, "dataset", dataset, str, "a string, or a table [dataset] with path = \"your/folder\"")
     try:
         dataset_info(dataset)
     except ValueError as exc:
         raise StudyError(f"{where}: {exc}") from None
 
-    return name, description, dataset
+    return name, description, dataset, None
+
+
+def _own_data(where: str, table: dict[str, Any]) -> OwnData:
+    """A [dataset] table: the folder or .npz file it names, scanned (relative to the study file)."""
+    study_dir = Path(where).parent if where != "<study>" else Path(".")
+    try:
+        own = scan_own_data(table, study_dir)
+    except OwnDataError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    if own.name in DATASETS:
+        raise StudyError(f"{where}: dataset.name: {own.name!r} is a built-in dataset's name; give your data another name, "
+                         f"e.g. name = \"my-{own.name}\"")
+    if not NAME_PATTERN.match(own.name):
+        raise StudyError(f"{where}: dataset.name: {own.name!r} is not valid; use letters, digits, '.', '_' and '-' "
+                         "(set name = \"...\" in [dataset] when the folder's name has others)")
+    return own
 
 
 def _variants(where: str, doc: dict[str, Any]) -> tuple[list[VariantSpec], dict[str, Any], dict[str, list[Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -356,7 +385,7 @@ def _variants(where: str, doc: dict[str, Any]) -> tuple[list[VariantSpec], dict[
     return variants, fixed, grid, extra, trains
 
 
-def _recipe_and_search(where: str, doc: dict[str, Any], dataset: str, fixed: dict[str, Any], grid: dict[str, list[Any]],
+def _recipe_and_search(where: str, doc: dict[str, Any], info: DatasetInfo, fixed: dict[str, Any], grid: dict[str, list[Any]],
                        extra: list[dict[str, Any]], trains: list[dict[str, Any]]) -> tuple[Recipe, dict[str, Any], Search | None]:
     """[train], the variants' own train tables and [search], checked against each other and the dataset."""
     train = doc.get("train", {})
@@ -366,17 +395,17 @@ def _recipe_and_search(where: str, doc: dict[str, Any], dataset: str, fixed: dic
     except ValueError as exc:
         raise StudyError(f"{where}: train.{exc}") from None
     overrides = _overrides(where, fixed, grid, extra, trains, train)
-    if recipe.train_subset is not None and recipe.train_subset + recipe.val_size > DATASETS[dataset].train_size:
+    if recipe.train_subset is not None and recipe.train_subset + recipe.val_size > info.train_size:
         raise StudyError(
             f"{where}: train.train_subset: {limits.shown(recipe.train_subset)} examples (+ {recipe.val_size} for validation) is more "
-            f"than {dataset}'s {DATASETS[dataset].train_size} training examples; lower it or leave it out"
+            f"than {info.name}'s {info.train_size} training examples; lower it or leave it out"
         )
-    if recipe.val_size >= DATASETS[dataset].train_size:
-        raise StudyError(f"{where}: train.val_size: {limits.shown(recipe.val_size)} is not less than {dataset}'s {DATASETS[dataset].train_size} training examples")
-    _check_batch_fits(f"{where}: train.batch_size", recipe.batch_size, recipe, DATASETS[dataset])
-    search = _parse_search(where, doc.get("search"), recipe, DATASETS[dataset])
-    if recipe.test_subset is not None and recipe.test_subset > DATASETS[dataset].test_size:
-        raise StudyError(f"{where}: train.test_subset: {limits.shown(recipe.test_subset)} is more than {dataset}'s {DATASETS[dataset].test_size} test examples; lower it or leave it out")
+    if recipe.val_size >= info.train_size:
+        raise StudyError(f"{where}: train.val_size: {limits.shown(recipe.val_size)} is not less than {info.name}'s {info.train_size} training examples")
+    _check_batch_fits(f"{where}: train.batch_size", recipe.batch_size, recipe, info)
+    search = _parse_search(where, doc.get("search"), recipe, info)
+    if recipe.test_subset is not None and recipe.test_subset > info.test_size:
+        raise StudyError(f"{where}: train.test_subset: {limits.shown(recipe.test_subset)} is more than {info.name}'s {info.test_size} test examples; lower it or leave it out")
     if search is not None and recipe.val_size == 0:
         raise StudyError(
             f"{where}: train.val_size: a [search] needs a validation split to steer on (the test set must never choose "
@@ -551,7 +580,7 @@ def load_study(path: str | Path) -> Study:
 def definition(study: Study) -> str:
     """Canonical JSON of everything that decides the results; a re-run must agree with it."""
     doc: dict[str, Any] = {
-        "dataset": study.dataset,
+        "dataset": study.own_data.identity() if study.own_data is not None else study.dataset,
         "variants": [s.axes() for s in study.variants],
         "recipe": recipe_dict(study.recipe),
         "search": study.search.describe() if study.search else None,
