@@ -238,6 +238,19 @@ def run_argv(path, url: str, *extra: str) -> list[str]:
             "--fuse", "off", "--no-report", *extra]
 
 
+@pytest.fixture
+def postgres(postgres):
+    """The session's throwaway server, left as found: the studies a test made there are deleted
+    after it (other modules' tests list the server's studies)."""
+    yield postgres
+    if postgres.ctl("status").returncode != 0:  # a test that stopped it: start it again
+        postgres.ctl("start")
+    storage = optuna.storages.RDBStorage(postgres.url)
+    for name in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name=name, storage=storage)
+    storage.engine.dispose()
+
+
 def test_a_database_restart_under_two_workers(tmp_path, postgres):
     path = tmp_path / "blip.toml"
     path.write_text(TINY.format(seeds=3, epochs=4, images=1024).replace('name = "many"', 'name = "blip"'))

@@ -265,7 +265,10 @@ def check_numbers(study: Study) -> None:
 
 
 def check_valid(study: Study) -> None:
-    assert 1 <= len(study.variants) <= limits.MAX_VARIANTS
+    if study.is_search:  # an architecture search lists no variants: it samples `count` per space
+        assert study.sample is not None and 1 <= study.sample.count <= limits.MAX_SAMPLES and study.spaces
+    else:
+        assert 1 <= len(study.variants) <= limits.MAX_VARIANTS
     assert sum(sum(v.blocks) for v in study.variants) <= limits.MAX_STUDY_BLOCKS
     assert all(1 <= v.width <= limits.MAX_WIDTH and max(v.blocks) <= limits.MAX_BLOCKS_PER_STAGE for v in study.variants)
     r = study.recipe
@@ -356,7 +359,7 @@ def test_path_and_storage_options(tmp, monkeypatch):
     (tmp / "home").mkdir()
     shutil.copy(FIXTURE / "legacy.db", tmp / "home" / "legacy.db")
 
-    @settings(FUZZ, max_examples=60)
+    @settings(FUZZ, max_examples=40)
     @given(st.sampled_from(["report", "export", "ls", "show"]), st.one_of(st.sampled_from(STORAGES), st.text(max_size=30)), paths())
     def prop(command, storage, path):
         args = {"report": ["report", "legacy", "--out", path], "export": ["export", "legacy", "--out-dir", path],

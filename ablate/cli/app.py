@@ -324,8 +324,8 @@ def report(
     except PathError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"--out: cannot write the report: {exc.strerror or exc} ({exc.filename or target}); "
-                   "free space, or give --out a writable place", code=1) from None
+        raise fail(f"cannot write the report: {exc.strerror or exc} ({exc.filename or target}); free space or give --out",
+                   code=1) from None
     print(path)
 
 
@@ -348,8 +348,8 @@ def export(
     except PathError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"--out-dir: cannot write the tables: {exc.strerror or exc} ({exc.filename or out_dir}); "
-                   "free space, or give --out-dir a writable folder", code=1) from None
+        raise fail(f"cannot write the tables: {exc.strerror or exc} ({exc.filename or out_dir}); free space or give --out-dir",
+                   code=1) from None
     for p in paths:
         print(p)
 

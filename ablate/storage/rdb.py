@@ -332,6 +332,10 @@ def _create_trial(session: Any, study_id: int, c: Candidate) -> Claimed:
     return Claimed(trial.trial_id, running)
 
 
+def _naive(moment: Any) -> Any:
+    return moment.replace(tzinfo=None) if getattr(moment, "tzinfo", None) is not None else moment
+
+
 def _study_id(ostudy: "optuna.Study") -> int:
     return ostudy._study_id
 
@@ -362,6 +366,8 @@ def _heartbeats_once(storage: "optuna.storages.RDBStorage", trial_ids: Sequence[
         now = session.execute(func.now()).scalar()
         rows = session.query(m.TrialHeartbeatModel.trial_id, m.TrialHeartbeatModel.heartbeat).filter(
             m.TrialHeartbeatModel.trial_id.in_(list(trial_ids))).all() if trial_ids else []
-    out = {tid: beat for tid, beat in rows}
-    out[-1] = now
+    # PostgreSQL's now() is zone-aware while the heartbeat column is not (it holds the session's
+    # wall time): both as naive wall times of the database's session, so they subtract.
+    out = {tid: _naive(beat) for tid, beat in rows}
+    out[-1] = _naive(now)
     return out
