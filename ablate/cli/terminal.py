@@ -91,15 +91,17 @@ class Display:
                         description=f"{unit.variant.name} {unit.kind} #{unit.index} (seed {unit.seed}) test {pct(epoch.test_error)} epoch")
 
     def on_finish(self, unit: Any, trial: Any) -> None:
-        from ablate.storage import TrialAttrs
-
-        from ablate.storage import outcomes
+        from ablate.storage import TrialAttrs, outcomes
 
         a = TrialAttrs.read(trial.user_attrs)
         if a.failure_kind not in outcomes.NOT_TRAINED:  # an untrained sample: its unit is sampled again
             self.bar.advance(self.units)
+        # A trial's value is what a search steers on: the validation error in a searched study. A
+        # final run shows the test error it recorded; search trials and samples their value.
         value = trial.values[0] if trial.values else None
-        label = "val error" if unit.kind == "sample" else "test error"
+        label = "val error" if unit.kind in ("sample", "search") else "test error"
+        if unit.kind == "final" and a.test_error is not None:
+            value = a.test_error
         what = a.failure or (f"{label} {pct(value)}" if value is not None else "")
         if unit.kind == "sample" and a.variant:
             what = f"{a.variant}: {what}"
