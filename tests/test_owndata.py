@@ -195,6 +195,19 @@ def test_the_data_is_part_of_the_definition_and_other_data_is_refused(tmp_path):
     assert growth(stored, definition(study(tmp_path / "d", 'path = "d"\n')))[0] == "it differs in: dataset"
 
 
+def test_an_edit_that_keeps_the_files_size_and_time_changes_the_identity(tmp_path):
+    make_folder(tmp_path / "d", suffixes=(".bmp",))  # uncompressed: a pixel's byte changes in place
+    s = study(tmp_path / "d", 'path = "d"\n')
+    edited = tmp_path / "d" / "test" / "bee" / "1.bmp"
+    stat, pixels = edited.stat(), bytearray(edited.read_bytes())
+    pixels[-1] ^= 0xFF
+    edited.write_bytes(bytes(pixels))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = study(tmp_path / "d", 'path = "d"\n')
+    assert again.own_data.files == s.own_data.files  # names, sizes and times: all as before
+    assert growth(definition(s), definition(again))[0] == "it differs in: dataset"
+
+
 def test_ablate_variants_run_and_rerun_on_a_generated_folder(tmp_path):
     make_folder(tmp_path / "data" / "colours", per_class=(24, 8), size=(8, 8))
     (tmp_path / "study.toml").write_text(

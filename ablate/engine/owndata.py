@@ -1,9 +1,10 @@
 """Your own data, decoded: a folder's images or an .npz file's arrays as uint8 NCHW arrays.
 
 Images are decoded once, by a thread per core (PIL decodes and resizes outside the GIL), and
-cached as one .npz in the data dir under `own/`, keyed by the files' names, sizes and
-modification times (`OwnData.cache_key`): a second run reads the cache and decodes nothing.
-The mean and std are measured on the training split and cached with the arrays.
+cached as one .npz in the data dir under `own/`, keyed by the files' names, sizes,
+modification times and contents (`OwnData.cache_key`): a second run reads the cache and decodes
+nothing. The mean and std are measured on the training split and cached with the arrays.
+Imagenette is decoded here too (`ablate.engine.imagesets`), its images' central squares resized.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class OwnData:
     classes: tuple[str, ...]  # a folder's class names, in label order; an .npz's are "0".."K-1"
     test_folder: str  # "test" or "val" for a folder; "" for an .npz
     files: tuple[tuple[str, int, int], ...]  # (path relative to location, bytes, mtime in ns), sorted
-    digest: str  # of the files' names and sizes (and an .npz's arrays' CRCs): copies keep it, edits change it
+    digest: str  # of the files' names, sizes and contents (an .npz's: its arrays' CRCs): copies keep it, edits change it
     #: center-crop each image to a square before resizing (as ImageNet evaluation does) instead of squashing it
     crop: bool = False
 
@@ -63,11 +63,13 @@ class OwnData:
         return {"name": self.name, "path": self.path, "files": len(self.files), "hash": self.digest, "size": self.size}
 
     def cache_key(self) -> str:
-        """The decoded arrays' key: the files' names, sizes and modification times, and the size asked for."""
+        """The decoded arrays' key: the files' names, sizes, modification times and contents (the
+        digest), and the size asked for."""
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{self.kind}\0{self.size}\0{self.info.channels}\0{self.location}\0".encode())
         if self.crop:  # only when set: the keys of caches written before the field existed stay valid
             h.update(b"crop\0")
+        h.update(self.digest.encode())  # the contents too: an edit that keeps a file's size and time
         for name, nbytes, mtime in self.files:
             h.update(f"{name}\0{nbytes}\0{mtime}\n".encode())
         return h.hexdigest()
@@ -127,6 +129,30 @@ def _digest(entries: list[tuple[str, int, int]], extra: str = "") -> str:
     return h.hexdigest()
 
 
+#: A folder's files are hashed whole up to this many bytes, and above it by their first and last
+#: halves of it (their size is hashed too): every byte of a typical training image, and a bounded
+#: read of a large photo, whose compressed bytes an edit mostly changes throughout.
+HASH_WHOLE = 1 << 17
+
+
+def _content(at: str, location: Path, entries: list[tuple[str, int, int]]) -> str:
+    """A hash of the files' contents, so that an edit that keeps a file's size changes the identity."""
+    h = hashlib.blake2b(digest_size=16)
+    for rel, nbytes, _ in entries:
+        try:
+            with open(location / rel, "rb") as file:
+                if nbytes <= HASH_WHOLE:
+                    h.update(file.read())
+                else:
+                    h.update(file.read(HASH_WHOLE // 2))
+                    file.seek(-(HASH_WHOLE // 2), 2)
+                    h.update(file.read())
+        except OSError as exc:
+            raise OwnDataError(f"{at}.path: {location / rel} cannot be read ({exc.strerror or exc}); "
+                               "fix its permissions or remove it") from None
+    return h.hexdigest()
+
+
 def _class_folders(at: str, split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -173,7 +199,8 @@ def _scan_folder(at: str, name: str, written: str, location: Path, size: int | N
     n_train = sum(1 for rel, _, _ in entries if rel.startswith("train/"))
     channels, side = _headers(at, location, list(entries), size)
     info = _info(name, channels, len(classes), side, n_train, len(entries) - n_train)
-    return OwnData(name, written, str(location), "folder", size, info, classes, test_folder, entries, _digest(list(entries)))
+    digest = _digest(list(entries), _content(at, location, list(entries)))
+    return OwnData(name, written, str(location), "folder", size, info, classes, test_folder, entries, digest)
 
 
 def _headers(at: str, location: Path, entries: list[tuple[str, int, int]], size: int | None) -> tuple[int, int]:
