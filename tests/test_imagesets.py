@@ -6,6 +6,7 @@ column-major binaries in stl10_binary/."""
 from __future__ import annotations
 
 import json
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,6 +116,16 @@ def test_imagenette_above_160_px_is_read_from_the_320_px_version(tmp_path, monke
     assert str(tmp_path / "data" / "imagenette2-320") in message and "imagenette2-320.tgz" in message
     make_imagenette(tmp_path / "data", "imagenette2-320", size=(60, 45))
     assert fresh(name="imagenette", data_dir=tmp_path / "data", download=False, resize=224).test.images.shape == (10, 3, 224, 224)
+
+
+def test_an_imagenette_archive_copied_in_is_extracted_without_network(tmp_path, monkeypatch):
+    make_imagenette(tmp_path / "source")
+    (tmp_path / "data").mkdir()
+    with tarfile.open(tmp_path / "data" / "imagenette2-160.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "source" / "imagenette2-160", arcname="imagenette2-160")
+    monkeypatch.setattr(data, "_download", lambda *args: pytest.fail("downloaded although the archive was there"))
+    assert fresh(name="imagenette", data_dir=tmp_path / "data", resize=8).test.images.shape == (10, 3, 8, 8)
+    assert (tmp_path / "data" / "imagenette2-160" / "noisy_imagenette.csv").is_file()
 
 
 @pytest.mark.parametrize("name, folder, archive", [("imagenette", "imagenette2-160", "imagenette2-160.tgz"),

@@ -210,7 +210,7 @@ def _imagenette(size: int, data_dir: str | os.PathLike[str] | None, download: bo
     every named dataset is), through the own-data decoder and its cache in the data dir."""
     version, _ = imagenette_version(size)
     root = _data_root(data_dir)
-    folder = _locate("imagenette" if version == "160px" else f"imagenette-{version}", root, download)
+    folder = _locate(_imagenette_key(version), root, download)
     try:
         own = imagenette_data(folder, size)
     except ImagesetError as exc:
@@ -412,6 +412,11 @@ _Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def _imagenette_key(version: str) -> str:
+    """Imagenette's versions in LAYOUTS: the default (160 px) under the dataset's name."""
+    return "imagenette" if version == "160px" else f"imagenette-{version}"
+
+
 @dataclass(frozen=True)
 class _Layout:
     folder: str  # under the data dir; "" for SVHN, which torchvision keeps at the root
@@ -454,7 +459,7 @@ LAYOUTS: dict[str, _Layout] = {
     ),
     # One layout per Imagenette version; `imagenette_version` picks one for the size trained at.
     **{
-        ("imagenette" if version == "160px" else f"imagenette-{version}"): _Layout(
+        _imagenette_key(version): _Layout(
             folder, (), f"copy {folder}.tgz (or the {folder} folder it extracts to, with train/<wnid>/*.JPEG and "
             "val/<wnid>/*.JPEG) into {root}",
             archive=f"{folder}.tgz", dirs=("train", "val"), shown=f"imagenette ({version} version)",
