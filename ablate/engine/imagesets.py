@@ -54,9 +54,9 @@ def imagenette_data(folder: Path, size: int) -> OwnData:
         raise ImagesetError(f"{folder} holds {len(classes)} class folders in train/ and a {test_folder}/ folder; Imagenette has "
                             f"{info.classes} (one per WordNet id: train/n01440764/...) and val/")
     n_train = sum(1 for rel, _, _ in files if rel.startswith("train/"))
-    measured = DatasetInfo("imagenette", info.channels, info.classes, size, n_train, len(files) - n_train,
+    found = DatasetInfo("imagenette", info.channels, info.classes, size, n_train, len(files) - n_train,
                            info.mean, info.std, info.augment)
-    return OwnData("imagenette", str(folder), str(folder), "folder", size, measured, classes, test_folder, files,
+    return OwnData("imagenette", str(folder), str(folder), "folder", size, found, classes, test_folder, files,
                    digest="", crop=True)
 
 
