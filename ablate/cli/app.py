@@ -76,7 +76,9 @@ def variants(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title=Text(f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{s.info.size}x{s.info.size})"))
+    side = s.recipe.resize or s.info.size  # what the nets see (and count their MACs at)
+    resized = f", resized from {s.info.size}" if side != s.info.size else ""
+    table = Table(title=Text(f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{side}x{side}{resized})"))
     for col in ("name", *AXES, "params", "MACs", "iterations", "warm-up"):
         table.add_column(col, justify="right" if col in ("depth", "width", "params", "MACs", "iterations") else "left")
     for r in rows:
