@@ -52,8 +52,10 @@ def test_a_search_trains_count_distinct_architectures_within_the_budget(tmp_path
     probe = _study()
     info = input_info(probe.info, probe.recipe)
     # A budget between the depth-8 and the depth-14 nets: every depth-14 sample is infeasible.
-    macs8 = max(measure(s, info)[1] for s in probe.spaces[0].cheapest_candidates() if s.depth == 8)
-    macs14 = min(measure(s, info)[1] for s in probe.spaces[0].cheapest_candidates() if s.depth == 14)
+    space = probe.spaces[0]
+    nets = [space.spec({"connection": c, "activation": a, "depth": d}) for c in ("plain", "residual") for a in ("post", "pre") for d in (8, 14)]
+    macs8 = max(measure(s, info)[1] for s in nets if s.depth == 8)
+    macs14 = min(measure(s, info)[1] for s in nets if s.depth == 14)
     assert macs8 < macs14
     study = _study(sampler, objectives, max_macs=(macs8 + macs14) // 2)
     url = f"sqlite:///{tmp_path / 'a.db'}"

@@ -43,6 +43,8 @@ SPACE_AXES = tuple(a for a in AXES if a != "blocks")
 #: Axes a range may give: depth is a list, since most integers are not valid depths (6n+2, 9n+2).
 INTEGER_AXES = ("width",)
 DEFAULT_SPACE = "space"
+#: Axes along which parameters and MACs only grow, all else equal.
+MONOTONE_AXES = ("depth", "width")
 
 
 class SpaceError(ValueError):
@@ -67,8 +69,12 @@ class SpaceAxis:
         return {"low": self.low, "high": self.high, "log": self.log} if self.is_range else list(self.choices)
 
     def cheapest(self) -> tuple[Any, ...]:
-        """The values the smallest architecture may take on this axis (a range's low end)."""
-        return (self.low,) if self.is_range else self.choices
+        """The values the smallest architecture may take on this axis: a range's low end, the
+        least of a list of depths (every listed depth is valid with every block the space
+        allows, and cost grows with depth and width), or every choice of a categorical axis."""
+        if self.is_range:
+            return (self.low,)
+        return (min(self.choices),) if self.key in MONOTONE_AXES else self.choices
 
 
 @dataclass(frozen=True)
