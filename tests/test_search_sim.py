@@ -6,7 +6,9 @@ result; the finalists are the best N (or the Pareto set) of what was trained."""
 
 from __future__ import annotations
 
+import json
 import math
+import urllib.request
 from collections import Counter
 
 import optuna
@@ -20,6 +22,7 @@ from ablate.runs.options import OptionError
 from ablate.spec.recipe import input_info
 from ablate.spec.study import parse_study
 from ablate.storage import TrialAttrs
+from test_driver import dashboard
 
 STUDY = """
 name = "sim"
@@ -135,6 +138,12 @@ def test_nsga2_final_runs_are_the_pareto_set_of_error_and_macs(tmp_path, simulat
     view.add_trials([t for t in ostudy.get_trials() if TrialAttrs.read(t.user_attrs).kind == "sample"
                      and TrialAttrs.read(t.user_attrs).duplicate_of is None and t.state.name == "COMPLETE"])
     assert {TrialAttrs.read(t.user_attrs).variant for t in view.best_trials} == front
+    # The real optuna-dashboard serves the search with its objectives' names.
+    with dashboard(url, tmp_path) as (port, payload):
+        (summary,) = payload["study_summaries"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}?after=0", timeout=30) as r:
+            served = json.load(r)
+    assert served["objective_names"] == ["val_error", "macs"] and len(served["trials"]) == len(ostudy.trials)
 
 
 def test_a_space_with_fewer_feasible_architectures_than_count_stops_with_one_line(tmp_path, simulated):
