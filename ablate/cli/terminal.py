@@ -119,7 +119,7 @@ class Display:
         from ablate.storage import TrialAttrs, outcomes
 
         a = TrialAttrs.read(trial.user_attrs)
-        if a.failure_kind not in outcomes.NOT_TRAINED:  # an untrained sample: its unit is sampled again
+        if a.failure_kind not in outcomes.NOT_TRAINED and a.duplicate_of is None:  # an untrained sample: its unit is sampled again
             self.bar.advance(self.units)
         # A trial's value is what a search steers on: the validation error in a searched study. A
         # final run shows the test error it recorded; search trials and samples their value.
@@ -128,6 +128,8 @@ class Display:
         if unit.kind == "final" and a.test_error is not None:
             value = a.test_error
         what = a.failure or (f"{label} {pct(value)}" if value is not None else "")
+        if a.duplicate_of is not None:
+            what += f" (sampled again: trial {a.duplicate_of}'s result, not trained twice)"
         if unit.kind == "sample" and a.variant:
             what = f"{a.variant}: {what}"
         if a.did_not_learn:
