@@ -69,9 +69,10 @@ def test_a_search_trains_count_distinct_architectures_within_the_budget(tmp_path
     assert trained["val_error"].notna().all()
     untrained = samples[~samples["feasible"]]
     repeats = untrained[untrained["duplicate_of"].notna()]  # sampled again: given the stored result, not trained
-    assert (repeats["state"] == "COMPLETE").all() and repeats["duplicate_of"].isin(trained["number"]).all()
+    assert repeats["duplicate_of"].isin(trained["number"]).all()
     for _, r in repeats.iterrows():
-        assert r["val_error"] == trained.set_index("number").loc[r["duplicate_of"], "val_error"]
+        twin = trained.set_index("number").loc[r["duplicate_of"]]
+        assert r["state"] == twin["state"] and (r["val_error"] == twin["val_error"] or twin["state"] == "PRUNED")
     infeasible = untrained[untrained["duplicate_of"].isna()]
     assert (infeasible["state"] == "FAIL").all()
     assert set(infeasible["failure_kind"]) <= {"infeasible", "duplicate"}

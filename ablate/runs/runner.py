@@ -273,11 +273,16 @@ class Runner:
         kind = outcomes.INFEASIBLE
         if why is None:
             twin = self._twin(trial.number, spec.name)
-            if twin is not None and twin.state == TrialState.COMPLETE and twin.values:
-                # Trained before: the sampler is told that trial's result again, and nothing is trained.
+            if twin is not None and (twin.state == TrialState.COMPLETE and twin.values
+                                     or twin.state == TrialState.PRUNED and self.reports):
+                # Trained before: the sampler is told that trial's result again (its values, or the
+                # epochs it reported before it was pruned), and nothing is trained.
                 a = S.TrialAttrs.read(twin.user_attrs)
                 S.set_trial_attrs(trial, duplicate_of=twin.number, val_error=a.val_error, test_error=a.test_error)
-                raise _Sampled(list(twin.values))
+                if twin.state == TrialState.PRUNED:
+                    for step, value in sorted(twin.intermediate_values.items()):
+                        trial.report(value, step)
+                raise _Sampled(list(twin.values or ()))
             why = None if twin is None else f"{spec.name} was sampled before (trial {twin.number}, {twin.state.name.lower()}); an architecture is trained once"
             kind = outcomes.DUPLICATE
         if why is not None:
@@ -322,7 +327,9 @@ class Runner:
     def _objective(self, trial: optuna.Trial) -> float:
         try:
             job = self._prepare(trial)
-        except _Sampled as sampled:  # trained before: that trial's values, nothing trained
+        except _Sampled as sampled:  # trained before: that trial's values (or its pruning), nothing trained
+            if not sampled.values:
+                raise optuna.TrialPruned(f"sampled again: trial {S.TrialAttrs.read(trial.user_attrs).duplicate_of} was pruned") from None
             return sampled.values if len(sampled.values) > 1 else sampled.values[0]  # type: ignore[return-value]
         except TrialFailed:  # its reason is stored
             raise
