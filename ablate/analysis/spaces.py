@@ -396,7 +396,7 @@ def _sentence(r: pd.Series) -> str:
                f"n = {r['n_a']} and {r['n_b']} (effective {r['n_eff_a']:.0f} and {r['n_eff_b']:.0f})")
     if r["real"] and r["better"]:
         worse = b if r["better"] == a else a
-        return f"The {r['better']} space is better than the {worse} space: {numbers}. {r['dominance'].capitalize()}."
+        return f"The {r['better']} space is better than the {worse} space: {numbers}. {r['dominance'][:1].upper() + r['dominance'][1:]}."
     needed = r["samples_needed"]
     more = ("" if needed is None else f" About {needed} samples per space would detect a difference of the observed size "
             f"with {stats.POWER:.0%} power." if needed <= MAX_NEEDED else

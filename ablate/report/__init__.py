@@ -2,6 +2,7 @@
 
     figures   plotly figures of finished tables
     page      the self-contained page: render(results), write_report(name, storage)
+    spaces    the "Design spaces" section: several [[space]] tables compared
     export    `ablate export`: the tables as CSV or Parquet
 """
 

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from ablate.analysis.format import human, pct, seeds_text
 from ablate.analysis.papers import paper_error
 
-__all__ = ["esc", "is_missing", "FIG_HEIGHT", "fig_curves", "fig_iteration_curves", "fig_error_vs_depth",
+__all__ = ["esc", "is_missing", "layout", "FIG_HEIGHT", "fig_curves", "fig_iteration_curves", "fig_error_vs_depth",
            "fig_gradient_flow", "fig_pairs", "fig_efficiency", "fig_sensitivity"]
 
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
@@ -60,6 +60,9 @@ def _layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> 
         legend={"orientation": "v", "x": 1.01, "y": 1}, hovermode="closest", **kw,
     )
     return fig
+
+
+layout = _layout  # public: other report modules' figures share the look (ablate.report.spaces)
 
 
 def _std(series: pd.Series) -> list[float | None]:
