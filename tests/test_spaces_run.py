@@ -45,12 +45,20 @@ def _text(count=3, sampler='sampler = "random"'):
     return STUDY.format(count=count, sampler=sampler).replace("[fixed]\nwidth = 4\n", "")
 
 
-@pytest.mark.parametrize("sampler", ['sampler = "tpe"', 'sampler = "nsga2"'])
-def test_spaces_are_compared_only_from_unbiased_samples(sampler):
+ONE_SPACE = 'name = "s"\ndataset = "synthetic"\n[train]\nval_size = 64\n[[space]]\ndepth = [8, 14]\n[sample]\ncount = 2\n'
+
+
+@pytest.mark.parametrize("text, expected", [
+    (_text(sampler='sampler = "tpe"'), "sample.sampler: 'tpe' cannot compare 2 spaces: it favours the good regions"),
+    (_text(sampler='sampler = "nsga2"'), "sample.sampler: 'nsga2' cannot compare 2 spaces"),
+    (_text(sampler='pruner = "median"'), "sample.pruner: 'median' cannot be used with 2 spaces: a pruned model's error"),
+    (ONE_SPACE + 'sampler = "qmc"\npruner = "hyperband"\n', "sample.pruner: 'hyperband' cannot be used with sampler = \"qmc\""),
+])
+def test_spaces_are_compared_only_from_unbiased_fully_trained_samples(text, expected):
     with pytest.raises(StudyError) as err:
-        parse_study(_text(sampler=sampler), "s.toml")
+        parse_study(text, "s.toml")
     message = str(err.value)
-    assert message.startswith("s.toml: sample.sampler:") and "favours the good regions" in message and "\n" not in message
+    assert message.startswith("s.toml: ") and expected in message and "\n" not in message
 
 
 def test_several_spaces_sample_at_random_by_default():

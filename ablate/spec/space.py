@@ -254,6 +254,12 @@ def parse_sample(table: Any, spaces: int) -> Sample:
     if pruner != "none" and len(objectives) > 1:
         raise SpaceError(f"sample.pruner: {pruner!r} cannot prune a multi-objective search (Optuna's pruners compare one "
                          "value per epoch); set pruner = \"none\" or objectives = [\"val_error\"]")
+    if pruner != "none" and (spaces > 1 or sampler == "qmc"):
+        why = ("a pruned model's error is of a shorter training, so the spaces' error distributions would not be those of "
+               "fully trained random models" if spaces > 1 else
+               "qmc counts its points over the study's trials, which Optuna's Hyperband splits into brackets")
+        used = f"{spaces} spaces" if spaces > 1 else 'sampler = "qmc"'
+        raise SpaceError(f"sample.pruner: {pruner!r} cannot be used with {used}: {why}; set pruner = \"none\"")
     budget = {k: _budget(k, table.get(k)) for k in ("max_macs", "max_params")}
     seed = table.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= limits.MAX_SEED:
