@@ -104,3 +104,17 @@ def test_a_two_space_study_runs_reports_and_exports(tmp_path):
     edf = pd.read_csv(tmp_path / "out" / "spaces-tiny-edf.csv")
     assert list(edf.columns) == ["space", "error", "edf", "edf_low", "edf_high", "normalised"]
     assert set(edf["space"]) == {"plain", "residual"} and edf["edf"].between(0, 1).all()
+
+
+def test_a_run_warns_first_when_spaces_overlap_too_little(tmp_path):
+    """The warning comes from the spaces' cheapest and priciest candidates, before anything
+    trains (here the budget then stops the run at once)."""
+    text = _text().replace("width = { low = 2, high = 6 }", "width = { low = 2, high = 3 }")
+    text = text.replace('sampler = "random"', 'sampler = "random"\nmax_macs = 10')
+    path = tmp_path / "apart.toml"
+    path.write_text(text)
+    run = ablate("run", str(path), "--device", "cpu", "--data-dir", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: the spaces' MACs ranges") and "plain" in lines[0], run.stderr
+    assert lines[-1].startswith("error: sample.max_macs: no architecture of space")
