@@ -394,9 +394,12 @@ def _sentence(r: pd.Series) -> str:
         return f"{a} and {b} share no complexity bin: they cannot be compared at equal complexity."
     numbers = (f"D = {r['statistic']:.2f}, permutation {p_text(r['p_value'])}, Holm {p_text(r['p_adjusted'])}; "
                f"n = {r['n_a']} and {r['n_b']} (effective {r['n_eff_a']:.0f} and {r['n_eff_b']:.0f})")
+    where = r["dominance"][:1].upper() + r["dominance"][1:]
     if r["real"] and r["better"]:
         worse = b if r["better"] == a else a
-        return f"The {r['better']} space is better than the {worse} space: {numbers}. {r['dominance'][:1].upper() + r['dominance'][1:]}."
+        return f"The {r['better']} space is better than the {worse} space: {numbers}. {where}."
+    if r["real"]:  # the EDFs cross: each space is better over part of the error range
+        return f"The {a} and {b} spaces differ, neither better throughout: {numbers}. {where}."
     needed = r["samples_needed"]
     more = ("" if needed is None else f" About {needed} samples per space would detect a difference of the observed size "
             f"with {stats.POWER:.0%} power." if needed <= MAX_NEEDED else
