@@ -195,6 +195,19 @@ def test_the_data_is_part_of_the_definition_and_other_data_is_refused(tmp_path):
     assert growth(stored, definition(study(tmp_path / "d", 'path = "d"\n')))[0] == "it differs in: dataset"
 
 
+def test_an_edit_that_keeps_the_files_size_and_time_changes_the_identity(tmp_path):
+    make_folder(tmp_path / "d", suffixes=(".bmp",))  # uncompressed: a pixel's byte changes in place
+    s = study(tmp_path / "d", 'path = "d"\n')
+    edited = tmp_path / "d" / "test" / "bee" / "1.bmp"
+    stat, pixels = edited.stat(), bytearray(edited.read_bytes())
+    pixels[-1] ^= 0xFF
+    edited.write_bytes(bytes(pixels))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = study(tmp_path / "d", 'path = "d"\n')
+    assert again.own_data.files == s.own_data.files  # names, sizes and times: all as before
+    assert growth(definition(s), definition(again))[0] == "it differs in: dataset"
+
+
 def test_ablate_variants_run_and_rerun_on_a_generated_folder(tmp_path):
     make_folder(tmp_path / "data" / "colours", per_class=(24, 8), size=(8, 8))
     (tmp_path / "study.toml").write_text(
@@ -238,3 +251,22 @@ def test_an_image_whose_header_reads_but_whose_pixels_do_not_is_named_on_loading
     with pytest.raises(DataError, match=r"dataset 'd': .*train/bee/0\.png is not a readable image .*delete or replace it"):
         fresh_load(s, tmp_path / "cache")
     assert not (tmp_path / "cache" / "own").exists() or not list((tmp_path / "cache" / "own").glob("*.npz"))
+
+
+def test_an_architecture_search_samples_and_trains_on_own_data(tmp_path):
+    from ablate.analysis.results import load_results
+    from ablate.runs import run_study
+
+    make_folder(tmp_path / "d", per_class=(12, 4), size=(8, 8))
+    path = tmp_path / "search.toml"
+    path.write_text('name = "own-search"\n[fixed]\nwidth = 4\n[[space]]\nconnection = ["plain", "residual"]\n'
+                    'activation = ["post", "pre"]\ndepth = [8]\n[sample]\ncount = 2\nsampler = "random"\nseed = 1\n'
+                    '[train]\nepochs = 1\nbatch_size = 8\nval_size = 6\naugment = []\n[dataset]\npath = "d"\n')
+    s = parse_study(path.read_text(), str(path))
+    assert s.is_search and s.own_data is not None and s.info.classes == 3
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_study(s, url, device="cpu", data_dir=tmp_path / "cache", checkpoint_dir=tmp_path / "ckpt")
+    samples = load_results(s.name, url).samples
+    trained = samples[samples["feasible"]]
+    assert len(trained) == 2 and trained["name"].is_unique and trained["val_error"].notna().all()
+    assert list((tmp_path / "cache" / "own").glob("d-*.npz"))  # decoded through the own-data cache

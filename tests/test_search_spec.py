@@ -21,6 +21,13 @@ def test_a_space_study_parses_with_its_defaults():
     assert '"spaces"' in definition(study)
 
 
+def test_final_runs_of_the_finalists_are_declared_with_seeds():
+    study = parse_study(HEAD + SPACE + '[sample]\ncount = 5\nfinalists = 2\n[seeds]\ncount = 3\nstart = 4\n')
+    assert study.sample.finalists == 2 and study.seeds == 3 and list(study.final_seeds) == [4, 5, 6]
+    assert parse_study(HEAD + SPACE + '[sample]\ncount = 2\n').sample.finalists == 2  # the default 3, at most count
+    assert '"finalists": 2' in definition(study)
+
+
 def test_two_objectives_and_a_budget():
     study = parse_study(HEAD + SPACE + '[sample]\ncount = 3\nsampler = "nsga2"\nobjectives = ["val_error", "macs"]\nmax_macs = 30e6\n')
     assert study.sample.multi and study.sample.max_macs == 30e6
@@ -48,6 +55,10 @@ def test_two_objectives_and_a_budget():
      "sample.pruner: 'hyperband' cannot prune a multi-objective search"),
     (HEAD + SPACE + '[sample]\ncount = 2\npruner = "sha"\n', "sample.pruner: 'sha' is not valid"),
     (HEAD + SPACE + '[sample]\ncount = 2\nbudget = 3\n', "sample.budget: unknown key"),
+    (HEAD + SPACE + '[sample]\ncount = 2\nobjectives = ["val_error", "macs"]\nfinalists = 2\n',
+     "sample.finalists: a multi-objective search gives its Pareto set final runs"),
+    (HEAD + SPACE + '[sample]\ncount = 2\nfinalists = 3\n', "sample.finalists: expected an integer from 1 to 2"),
+    (HEAD + SPACE + SAMPLE + '[seeds]\ncount = 0\n', "seeds.count: expected a positive integer"),
     ('name = "s"\ndataset = "synthetic"\n[train]\nepochs = 1\n' + SPACE + SAMPLE, "train.val_size: a [[space]] search"),
 ])
 def test_mistakes_are_one_line_naming_the_key(text, expected):

@@ -15,7 +15,7 @@ from ablate.analysis.frames import (CURVE_AXES, EPOCH_FIELDS, TRIAL_COLUMNS, Rep
                                     grad_norms_long, gradient_flow, gradient_ratios, hyperparameter_columns,
                                     iteration_curves, open_study, points_table, trials_table)
 from ablate.analysis.papers import HE2016_TABLE6, HE2016B, PaperValue, paper_error
-from ablate.analysis.search import SAMPLE_COLUMNS, objectives_of, pareto_mask, samples_table
+from ablate.analysis.search import SAMPLE_COLUMNS, SearchResults, objectives_of, samples_table, search_results
 from ablate.analysis.spaces import EDF_COLUMNS, SPACES_COLUMNS, SpacesAnalysis, analyse_spaces, overlap_warning
 from ablate.analysis.results import Family, PairTable, StudyResults, collect, load_results
 from ablate.analysis.summary import (FAMILY_AXES, SUMMARY_STATS, VARIED_AXES, degradation_families, depth_families,
@@ -25,7 +25,7 @@ from ablate.analysis.verdicts import (FINDING_COLUMNS, METRIC_LABELS, PAIR_QUEST
                                       Comparison, Finding, compare, Samples, comparison_brief, comparison_cells, findings_table, recipes_of, samples, test_words,
                                       verdicts)
 
-__all__ = ["SAMPLE_COLUMNS", "objectives_of", "pareto_mask", "samples_table",
+__all__ = ["SAMPLE_COLUMNS", "SearchResults", "objectives_of", "samples_table", "search_results", 
     "EDF_COLUMNS", "SPACES_COLUMNS", "SpacesAnalysis", "analyse_spaces", "overlap_warning",
     "format", "stats",
     "CURVE_AXES", "EPOCH_FIELDS", "TRIAL_COLUMNS", "ReportError", "curves", "epochs_table", "finals", "grad_norms_long",

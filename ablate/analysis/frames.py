@@ -115,7 +115,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         a = TrialAttrs.read(ua)
         name = _variant_name(a, params, t.number)
         spec = variants.get(name)
-        axes = _axes(spec if spec is not None else params)
+        # A search's sample or finalist has no stored variant entry: its `spec` holds every axis.
+        axes = _axes(spec if spec is not None else a.spec if isinstance(a.spec, dict) else params)
         history = a.history or []
         steps = sorted(t.intermediate_values)
         epochs_done = len(history) or len(steps)
@@ -210,7 +211,7 @@ def _base_row(t: optuna.trial.FrozenTrial, sa: StudyAttrs, variants: dict[str, d
     """What every per-epoch and per-point row of a trial starts with: which trial, which variant."""
     a = TrialAttrs.read(t.user_attrs)
     name = _variant_name(a, t.params, t.number)
-    axes = _axes(variants.get(name) or t.params)
+    axes = _axes(variants.get(name) or (a.spec if isinstance(a.spec, dict) else t.params))
     return {"number": t.number, "variant": name, "kind": _kind(a, sa), "seed": a.seed if a.seed is not None else t.params.get("seed"),
             "state": t.state.name, **{x: axes[x] for x in CURVE_AXES}, "did_not_learn": _flag(a, t.state.name)}
 

@@ -296,6 +296,8 @@ def _usable(samples: pd.DataFrame, error: str, complexity: str) -> tuple[pd.Data
     training, and would make its space look better or worse than it is."""
     notes = []
     ok = samples["state"].eq("COMPLETE") & samples[error].notna() & samples[complexity].notna()
+    if "duplicate_of" in samples:  # a repeat carries its twin's result: one architecture counts once
+        ok &= samples["duplicate_of"].isna()
     pruned = samples["state"].eq("PRUNED")
     if pruned.any():
         notes.append(f"{int(pruned.sum())} pruned samples are left out of the distributions (their errors are of shorter training)")

@@ -116,6 +116,15 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return out
 
 
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t-interval of the mean of `values` (NaN, NaN with fewer than two)."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
 def correct(tests: Sequence[Test], alpha: float = ALPHA) -> list[Test]:
     """The tests with Holm-corrected p-values and `real` set (corrected p < alpha)."""
     adjusted = holm([t.p_value for t in tests])

@@ -400,9 +400,50 @@ def pair_axis(topic: str) -> str:
     return {q[0]: q[1] for q in PAIR_QUESTIONS}[topic]
 
 
-def verdicts(summary: pd.DataFrame, dataset: str = "", smp: Samples | None = None) -> list[Finding]:
+def _finalists_question(summary: pd.DataFrame, finalists: list[str], smp: Samples) -> _Question | None:
+    """An architecture search's finalists: is the one the validation split ranks first really
+    better on test than each of the others? (Chosen on validation, tested on test.)"""
+    fin = summary[summary["variant"].isin(finalists) & (summary["seeds"] > 0)]
+    question = "Is the best sampled architecture really better than the other finalists?"
+    if len(finalists) < 2:
+        return None
+    if len(fin) < 2:  # final runs missing, failed or at chance level: nothing to compare yet
+        return _Question([], lambda cs: Finding(
+            "search", "the search's finalists", question, Answer.NOT_ENOUGH_SEEDS,
+            f"{len(fin)} of {len(finalists)} finalists have final runs that completed and learned; two are needed to compare them."))
+    fin = fin.sort_values(["val_error_mean", "variant"], na_position="last")
+    best, others = fin.iloc[0], [r for _, r in fin.iloc[1:].iterrows()]
+    comps = [compare(best, o, "test_error", smp) for o in others]
+
+    def answer(cs: list[Comparison]) -> Finding:
+        texts = [f"{c.b} {pct(c.b_mean, c.b_std)} ({points(c.difference)}; {test_words(c)})" for c in cs]
+        if not any(c.testable for c in cs):
+            ans = Answer.NOT_ENOUGH_SEEDS
+        elif all(c.real and c.difference > 0 for c in cs):
+            ans = Answer.YES
+        elif any(c.real and c.difference < 0 for c in cs):
+            ans = Answer.NO
+        elif any(c.real for c in cs):
+            ans = Answer.MIXED
+        else:
+            ans = Answer.NO_CLEAR_DIFFERENCE
+        tail = {Answer.YES: "It is better than every other finalist.",
+                Answer.NO: "Another finalist is better on test: the validation split ranked them differently.",
+                Answer.MIXED: "It is better than some finalists, with no clear difference from the others.",
+                Answer.NO_CLEAR_DIFFERENCE: "No clear difference at this number of seeds: any of them is as good a choice.",
+                Answer.NOT_ENOUGH_SEEDS: "Give [seeds] count = 2 or more to test it."}[ans]
+        text = (f"{cs[0].a}, first on validation error, has {pct(cs[0].a_mean, cs[0].a_std)} test error; against it: "
+                + "; ".join(texts) + f". {tail}")
+        return Finding("search", "the search's finalists", question, ans, text, tuple(cs))
+
+    return _Question(comps, answer)
+
+
+def verdicts(summary: pd.DataFrame, dataset: str = "", smp: Samples | None = None,
+             finalists: list[str] | None = None) -> list[Finding]:
     """The study's answers, family by family: degradation of plain nets, its removal by
-    shortcuts, pre- vs post-activation at equal depth, bottleneck vs basic per parameter and MAC.
+    shortcuts, pre- vs post-activation at equal depth, bottleneck vs basic per parameter and MAC;
+    and, for an architecture search, whether its best `finalists` is better than the others.
     Questions a study cannot ask (no plain nets, one depth, no pairs) give no finding.
 
     `smp`: the final runs' per-seed values (`samples(trials)`); every comparison of every
@@ -430,6 +471,10 @@ def verdicts(summary: pd.DataFrame, dataset: str = "", smp: Samples | None = Non
         for _, group in pr.groupby(held, sort=False, dropna=False):
             label = family_label(group.iloc[0], held)
             questions.append(_pair_question(topic, question, label, group, a, b, dataset, smp))
+    if finalists:
+        q = _finalists_question(summary, finalists, smp)
+        if q is not None:
+            questions.append(q)
     # Holm across every comparison of the report, then answer each question from its corrected tests.
     flat = [c for q in questions for c in q.comparisons]
     corrected = iter(stats.correct([c.test for c in flat]))

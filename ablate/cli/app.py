@@ -69,11 +69,16 @@ def variants(
     from ablate.analysis.format import human
     from ablate.spec.variants import AXES
 
+    if s.is_search:
+        _print_spaces(s, as_json)
+        return
     rows = variant_rows(s)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title=Text(f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{s.info.size}x{s.info.size})"))
+    side = s.recipe.resize or s.info.size  # what the nets see (and count their MACs at)
+    resized = f", resized from {s.info.size}" if side != s.info.size else ""
+    table = Table(title=Text(f"{s.name}: {len(rows)} variants on {s.dataset} ({s.info.channels}x{side}x{side}{resized})"))
     for col in ("name", *AXES, "params", "MACs", "iterations", "warm-up"):
         table.add_column(col, justify="right" if col in ("depth", "width", "params", "MACs", "iterations") else "left")
     for r in rows:
@@ -83,6 +88,38 @@ def variants(
             f'{rec["warmup_iterations"]} ({rec["warmup"]}, lr {rec["warmup_lr"]:g})' if rec["warmup_iterations"] else "-",
         )
     console().print(table)
+
+
+def _print_spaces(s: Study, as_json: bool) -> None:
+    """An architecture search's spaces: each sampled axis, the fixed ones, and how many
+    architectures the space holds; the budget and the final runs."""
+    from ablate.analysis.format import human
+
+    assert s.sample is not None
+    rows = [{**space.describe(), "architectures": space.size()} for space in s.spaces]
+    if as_json:
+        sys.stdout.write(json.dumps({"spaces": rows, "sample": s.sample.describe(), "seeds": s.seeds}, indent=2) + "\n")
+        return
+    table = Table(title=Text(f"{s.name}: {len(rows)} design space{'s' if len(rows) > 1 else ''} on {s.dataset} "
+                             f"({s.info.channels}x{s.info.size}x{s.info.size}), {s.sample.count} architectures sampled from each"))
+    for col in ("space", "sampled axes", "fixed axes", "architectures"):
+        table.add_column(col, justify="right" if col == "architectures" else "left")
+    for r in rows:
+        sampled = "; ".join(f"{k} = {_axis_range(v)}" for k, v in r["axes"].items())
+        fixed = "; ".join(f"{k} = {_axis_cell(v)}" for k, v in r["fixed"].items()) or "-"
+        table.add_row(Text(str(r["name"])), Text(sampled), Text(fixed),  # Text: "[8, 14]" is not rich markup
+                      "more than 100000" if r["architectures"] is None else str(r["architectures"]))
+    console().print(table)
+    budget = [f"{k} = {human(v)}" for k, v in (("max_macs", s.sample.max_macs), ("max_params", s.sample.max_params)) if v]
+    finals = "the Pareto set" if s.sample.multi else f"the best {s.sample.finalists}"
+    console().print(f"Budget: {', '.join(budget) or 'none'}. Objectives: {', '.join(s.sample.objectives)}; sampler {s.sample.sampler}, "
+                    f"pruner {s.sample.pruner}. Final runs: {finals}, {s.seeds} seed{'s' if s.seeds != 1 else ''} each.")
+
+
+def _axis_range(value: object) -> str:
+    if isinstance(value, dict):
+        return f"{value['low']}..{value['high']}" + (" (log)" if value.get("log") else "")
+    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
 
 
 # ---------------------------------------------------------------- run

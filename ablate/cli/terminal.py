@@ -20,7 +20,10 @@ __all__ = ["print_summary", "print_verdicts", "print_running", "Display"]
 
 def print_summary(results: StudyResults, title: str) -> None:
     """Per variant: params, MACs, final runs' errors (mean ± std over seeds), best searched values;
-    then the verdict."""
+    then the verdict. An architecture search: its finalists instead of every sampled network."""
+    if results.search.is_search:
+        _print_search(results, title)
+        return
     table = Table(title=Text(title))
     for col in ("variant", "params", "MACs", "train error", "test error", "seeds", "best hyperparameters", "ok/failed/pruned"):
         table.add_column(col, justify="right" if col in ("params", "MACs", "seeds") else "left")
@@ -46,6 +49,28 @@ def print_spaces(results: StudyResults) -> None:
                    style="bold"))
     for line in [*results.spaces.sentences, *(f"warning: {w}" for w in results.spaces.warnings)]:
         out.print(Text(f"  {line}"))
+
+
+def _print_search(results: StudyResults, title: str) -> None:
+    r = results.search
+    s = r.samples
+    out = console()
+    out.print(Text(title))
+    out.print(Text(f"{count(int(s['feasible'].sum()), 'architecture')} sampled and trained, "
+                   f"{int((s['failure_kind'] == 'infeasible').sum())} over the budget, {count(int(s['duplicate_of'].notna().sum()), 'repeat')}; "
+                   "every sample is in the report and in `ablate export`"))
+    table = Table(title=Text("finalists (final runs on fresh seeds)"))
+    for col in ("finalist", "params", "MACs", "val error", "test error", "95% CI", "seeds"):
+        table.add_column(col, justify="right" if col in ("params", "MACs", "seeds") else "left")
+    for f in r.finalists.to_dict("records"):
+        table.add_row(Text(str(f["variant"])), human(f["params"]), human(f["macs"]), pct(f["val_error_mean"]),
+                      pct(f["test_error_mean"], f["test_error_std"]),
+                      "-" if f["ci_low"] != f["ci_low"] else f"{pct(f['ci_low'])} to {pct(f['ci_high'])}", str(f["seeds"]))
+    if len(r.finalists):
+        out.print(table)
+    for note in results.notes:
+        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    print_verdicts(results)
 
 
 def print_verdicts(results: StudyResults) -> None:
@@ -106,7 +131,7 @@ class Display:
         from ablate.storage import TrialAttrs, outcomes
 
         a = TrialAttrs.read(trial.user_attrs)
-        if a.failure_kind not in outcomes.NOT_TRAINED:  # an untrained sample: its unit is sampled again
+        if a.failure_kind not in outcomes.NOT_TRAINED and a.duplicate_of is None:  # an untrained sample: its unit is sampled again
             self.bar.advance(self.units)
         # A trial's value is what a search steers on: the validation error in a searched study. A
         # final run shows the test error it recorded; search trials and samples their value.
@@ -115,6 +140,8 @@ class Display:
         if unit.kind == "final" and a.test_error is not None:
             value = a.test_error
         what = a.failure or (f"{label} {pct(value)}" if value is not None else "")
+        if a.duplicate_of is not None:
+            what += f" (sampled again: trial {a.duplicate_of}'s result, not trained twice)"
         if unit.kind == "sample" and a.variant:
             what = f"{a.variant}: {what}"
         if a.did_not_learn:

@@ -4,6 +4,7 @@ Imports no Optuna: it trains what it is given and reports each epoch through a c
     data        datasets as uint8 tensors on the device, batches, augmentation on whole batches
     bundled     the Fashion-MNIST subset that ships with ablate
     owndata     your own data decoded once (in parallel) and cached in the data dir
+    imagesets   Imagenette's JPEG folders (decoded by owndata) and STL-10's binaries
     models      `build_model(spec, info, runs=K)`: one builder for every variant, fused or not
     train       `train`, `train_runs`: one run, or K runs fused into one network
     checkpoint  atomic, checksummed epoch checkpoints

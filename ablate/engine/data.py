@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gzip
 import logging
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 
 from ablate.spec.paths import user_path
 from ablate.engine.bundled import read_bundle
+from ablate.engine.imagesets import (IMAGENETTE_VERSIONS, STL10_FILES, ImagesetError, imagenette_data, imagenette_version,
+                                    read_stl10)
 from ablate.spec.catalog import AUGMENTATIONS, DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
 from ablate.spec.owndata import OwnData
 
@@ -107,6 +110,7 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
     test_subset: int | None = None,
+    resize: int | None = None,
 ) -> Splits:
     """A dataset on `device` as uint8 NCHW images and int64 labels.
 
@@ -122,15 +126,24 @@ def load_dataset(
     a download into the data dir. Raises DataError when none has the dataset.
 
     Own data (an `OwnData`, from a study's [dataset] table) is read from its folder or .npz file,
-    decoded once and cached in the data dir (`ablate.engine.owndata`).
+    decoded once and cached in the data dir (`ablate.engine.owndata`); so is Imagenette, decoded
+    at `resize` pixels a side (the recipe's; 160 when None). Other datasets ignore `resize`: the
+    training resizes their batches on the device.
+
+    Before anything is read, a DataError when the images would not fit in the device's memory.
     """
     chosen = None  # the bundle's positions of the examples asked for, when the bundle is used
+    nominal = name.info if isinstance(name, OwnData) else dataset_info(name)
+    if name == "imagenette":
+        nominal = dataclasses.replace(nominal, size=resize or nominal.size)
+    _check_fits(name, nominal, torch.device(device), train_subset or nominal.train_size - val_size,
+                val_size + (test_subset or nominal.test_size))
     if isinstance(name, OwnData):
-        _check_fits(name, torch.device(device), train_subset or name.info.train_size - val_size,
-                    val_size + (test_subset or name.info.test_size))
         arrays, info, source = _own(name, data_dir)
+    elif name == "imagenette":
+        arrays, info, source = _imagenette(nominal.size, data_dir, download)
     else:
-        info = dataset_info(name)
+        info = nominal
         arrays, chosen, source = _builtin(name, data_dir, download, train_subset=train_subset, val_size=val_size,
                                           test_subset=test_subset, seed=seed)
     train_x, train_y, test_x, test_y = arrays
@@ -192,14 +205,28 @@ def _own(own: OwnData, data_dir: str | os.PathLike[str] | None) -> tuple[_Arrays
     return tuple(tensors), info, source  # type: ignore[return-value]
 
 
+def _imagenette(size: int, data_dir: str | os.PathLike[str] | None, download: bool) -> tuple[_Arrays, DatasetInfo, str]:
+    """Imagenette decoded at `size` from the smallest version that has it (found or downloaded as
+    every named dataset is), through the own-data decoder and its cache in the data dir."""
+    version, _ = imagenette_version(size)
+    root = _data_root(data_dir)
+    folder = _locate(_imagenette_key(version), root, download)
+    try:
+        own = imagenette_data(folder, size)
+    except ImagesetError as exc:
+        raise DataError(f"dataset 'imagenette': {exc}") from None
+    arrays, _, source = _own(own, root)
+    # The table's ImageNet statistics, not the measured ones: as fast.ai's Imagenette baselines normalise.
+    return arrays, own.info, source
+
+
 #: Of the device's free memory (the host's, on the CPU), what the uint8 data may take: training needs the rest.
 DATA_SHARE = 0.5
 
 
-def _check_fits(own: OwnData, device: torch.device, train: int, others: int) -> None:
-    """A DataError, before decoding, when the training and other (validation, test) images would not
-    fit in the device's memory."""
-    info = own.info
+def _check_fits(data: str | OwnData, info: DatasetInfo, device: torch.device, train: int, others: int) -> None:
+    """A DataError, before reading, when the training and other (validation, test) images would not
+    fit in the device's memory as uint8; it says what `size` (or `resize`) or `train_subset` would."""
     images = train + others
     per_image = info.channels * info.size * info.size
     needed = images * per_image
@@ -212,10 +239,17 @@ def _check_fits(own: OwnData, device: torch.device, train: int, others: int) -> 
         return
     side = max(8, int(math.sqrt(room / images / info.channels)))
     fits = max(1, room // per_image - others)
+    subset = f"train_subset = {fits} (or less) in [train]"
+    # What decides the stored size: own data's [dataset] size, Imagenette's resize (it is decoded at it).
+    smaller = ""  # the other named datasets are stored at their own size, whatever the recipe's resize
+    if isinstance(data, OwnData):
+        smaller = f"size = {side} (or less) in [dataset], or "
+    elif data == "imagenette":  # decoded at the recipe's resize
+        smaller = f"resize = {side} (or less) in [train], or "
     raise DataError(
-        f"dataset {own.name!r}: {images} images of {info.channels}x{info.size}x{info.size} "
+        f"dataset {info.name!r}: {images} images of {info.channels}x{info.size}x{info.size} "
         f"take {needed / 2**30:.1f} GiB as uint8, more than {DATA_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {device}; "
-        f"set size = {side} (or less) in [dataset], or train_subset = {fits} (or less) in [train]"
+        f"set {smaller}{subset}"
     )
 
 
@@ -378,6 +412,11 @@ _Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def _imagenette_key(version: str) -> str:
+    """Imagenette's versions in LAYOUTS: the default (160 px) under the dataset's name."""
+    return "imagenette" if version == "160px" else f"imagenette-{version}"
+
+
 @dataclass(frozen=True)
 class _Layout:
     folder: str  # under the data dir; "" for SVHN, which torchvision keeps at the root
@@ -385,6 +424,8 @@ class _Layout:
     get_it: str  # how to get it, with {root} for the data dir
     archive: str | None = None  # an official archive that extracts into `folder`
     elsewhere: tuple[Path, ...] = ()  # system-wide installs, searched after the data dir
+    dirs: tuple[str, ...] = ()  # sub-folders that must exist too (an image tree's splits)
+    shown: str = ""  # the dataset as messages name it, when not its key in LAYOUTS
 
 
 LAYOUTS: dict[str, _Layout] = {
@@ -410,6 +451,21 @@ LAYOUTS: dict[str, _Layout] = {
     "svhn": _Layout(
         "", ("train_32x32.mat", "test_32x32.mat"), "copy SVHN's train_32x32.mat and test_32x32.mat into {root}"
     ),
+    "stl10": _Layout(
+        "stl10_binary", STL10_FILES,
+        "copy STL-10's binary version (stl10_binary.tar.gz, or the stl10_binary folder it extracts to, with "
+        "train_X.bin, train_y.bin, test_X.bin and test_y.bin) into {root}",
+        archive="stl10_binary.tar.gz",
+    ),
+    # One layout per Imagenette version; `imagenette_version` picks one for the size trained at.
+    **{
+        _imagenette_key(version): _Layout(
+            folder, (), f"copy {folder}.tgz (or the {folder} folder it extracts to, with train/<wnid>/*.JPEG and "
+            "val/<wnid>/*.JPEG) into {root}",
+            archive=f"{folder}.tgz", dirs=("train", "val"), shown=f"imagenette ({version} version)",
+        )
+        for version, _, folder in IMAGENETTE_VERSIONS
+    },
 }
 
 
@@ -421,7 +477,13 @@ def find_file(folder: Path, name: str) -> Path | None:
 
 
 def _complete(folder: Path, layout: _Layout) -> bool:
-    return all(find_file(folder, name) is not None for name in layout.files)
+    return not _lacking(folder, layout)
+
+
+def _lacking(folder: Path, layout: _Layout) -> list[str]:
+    """The layout's files and folders that `folder` lacks."""
+    return ([name for name in layout.files if find_file(folder, name) is None]
+            + [f"{name}/" for name in layout.dirs if not (folder / name).is_dir()])
 
 
 def _folders(name: str, root: Path) -> list[Path]:
@@ -493,11 +555,12 @@ def _locate(name: str, root: Path, download: bool) -> Path:
     if _complete(own, layout):
         return own
     looked = ", ".join(str(folder) for folder in folders)
-    missing = [file for file in layout.files if find_file(own, file) is None]
-    if own.is_dir() and len(missing) < len(layout.files):  # a partial copy: say what is lacking
+    missing = _lacking(own, layout)
+    if own.is_dir() and len(missing) < len(layout.files) + len(layout.dirs):  # a partial copy: say what is lacking
         failure = f" {own} lacks {', '.join(missing)}." + failure
+    shown = layout.shown or repr(name)
     raise DataError(
-        f"dataset {name!r} not found; looked in {looked}.{failure} To get it: run once with internet access "
+        f"dataset {shown} not found; looked in {looked}.{failure} To get it: run once with internet access "
         f"(download=True) to download it into {root}, or {layout.get_it.format(root=root)}. "
         f"The data dir is data_dir if given, else $ABLATE_DATA, else ~/.cache/ablate/data."
     )
@@ -512,6 +575,13 @@ def _download(name: str, root: Path) -> None:
         for split in ("train", "test"):
             url, filename, md5 = datasets.SVHN.split_list[split]
             download_url(url, str(root), filename, md5)
+        return
+    if name == "stl10":  # the whole archive (2.6 GB, the unlabelled split included): torchvision fetches no less
+        datasets.STL10(str(root), split="test", download=True)
+        return
+    if name.startswith("imagenette"):  # torchvision >= 0.17; the version from the layout's folder
+        version = next(key for key, _, folder in IMAGENETTE_VERSIONS if folder == LAYOUTS[name].folder)
+        datasets.Imagenette(str(root), split="val", size=version, download=True)
         return
     dataset = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
                "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
@@ -547,9 +617,11 @@ def read_files(name: str, folder: str) -> _Arrays:
                       *_read_cifar(path / "test_batch", "labels"))
         elif name == "cifar100":
             arrays = (*_read_cifar(path / "train", "fine_labels"), *_read_cifar(path / "test", "fine_labels"))
+        elif name == "stl10":
+            arrays = read_stl10(path)
         else:
             arrays = (*_read_svhn(path / "train_32x32.mat"), *_read_svhn(path / "test_32x32.mat"))
-    except (OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError, zlib.error) as exc:
+    except (ImagesetError, OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError, zlib.error) as exc:
         raise DataError(f"dataset {name!r}: cannot read the files in {folder}: {exc}. "
                         "Delete them to download again.") from None
     return _checked(name, folder, arrays)

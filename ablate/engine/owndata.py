@@ -1,9 +1,10 @@
 """Your own data, decoded: a folder's images or an .npz file's arrays as uint8 NCHW arrays.
 
 Images are decoded once, by a thread per core (PIL decodes and resizes outside the GIL), and
-cached as one .npz in the data dir under `own/`, keyed by the files' names, sizes and
-modification times (`OwnData.cache_key`): a second run reads the cache and decodes nothing.
-The mean and std are measured on the training split and cached with the arrays.
+cached as one .npz in the data dir under `own/`, keyed by the files' names, sizes,
+modification times and contents (`OwnData.cache_key`): a second run reads the cache and decodes
+nothing. The mean and std are measured on the training split and cached with the arrays.
+Imagenette is decoded here too (`ablate.engine.imagesets`), its images' central squares resized.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _decode_folder(own: OwnData) -> OwnArrays:
             images = np.empty((len(items), own.info.channels, own.info.size, own.info.size), np.uint8)
 
             def decode(i: int, images: np.ndarray = images, items: list = items) -> None:
-                images[i] = _decode(items[i][0], own.info.channels, own.info.size)
+                images[i] = _decode(items[i][0], own.info.channels, own.info.size, crop=own.crop)
 
             list(pool.map(decode, range(len(items))))
             decoded_images += len(items)  # counted here, in one thread: += from the pool's threads could lose counts
@@ -117,15 +118,19 @@ def _decode_folder(own: OwnData) -> OwnArrays:
     return out[0], out[1], out[2], out[3]
 
 
-def _decode(path: Path, channels: int, size: int) -> np.ndarray:
-    """One image as uint8 [C, size, size]: converted to grey or RGB, resized when it is not size x size."""
+def _decode(path: Path, channels: int, size: int, *, crop: bool = False) -> np.ndarray:
+    """One image as uint8 [C, size, size]: converted to grey or RGB, resized when it is not size x size
+    (after cropping its central square when `crop`, so the objects keep their aspect ratio)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
+                (w, h), side = image.size, min(image.size)
+                # PIL's resize takes the source box: the crop and the (antialiased) resize are one step.
+                box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side) if crop else None
+                image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
             array = np.asarray(image, np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise OwnDataReadError(f"{path} is not a readable image ({' '.join(str(exc).split())}); delete or replace it") from None

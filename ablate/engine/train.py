@@ -160,7 +160,8 @@ def load_data(dataset: str | OwnData, recipe: Recipe, *, device: str | torch.dev
     """The dataset as a recipe asks for it: its training subset, validation split and test subset
     (seed 0, so every variant and seed of a study sees the same examples)."""
     return load_dataset(dataset, data_dir=data_dir, device=device, train_subset=recipe.train_subset,
-                        val_size=recipe.val_size, seed=0, download=download, test_subset=recipe.test_subset)
+                        val_size=recipe.val_size, seed=0, download=download, test_subset=recipe.test_subset,
+                        resize=recipe.resize)
 
 
 def check_data(recipe: Recipe, data: Splits) -> None:

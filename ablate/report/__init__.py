@@ -1,6 +1,7 @@
 """The HTML report and the exported tables: drawn from a finished `ablate.analysis.StudyResults`.
 
     figures   plotly figures of finished tables
+    search    the "Architecture search" section: its figures and finalists
     page      the self-contained page: render(results), write_report(name, storage)
     spaces    the "Design spaces" section: several [[space]] tables compared
     export    `ablate export`: the tables as CSV or Parquet

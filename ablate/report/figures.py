@@ -53,16 +53,13 @@ def _sides(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(sides, key=lambda s: (s[0] != "plain", str(s[1])))
 
 
-def _layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> go.Figure:
+def layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> go.Figure:
     fig.update_layout(
         title={"text": esc(title), "x": 0.01, "xanchor": "left", "font": {"size": 15}},
         template="plotly_white", height=height, margin={"l": 60, "r": 20, "t": 70, "b": 50},
         legend={"orientation": "v", "x": 1.01, "y": 1}, hovermode="closest", **kw,
     )
     return fig
-
-
-layout = _layout  # public: other report modules' figures share the look (ablate.report.spaces)
 
 
 def _std(series: pd.Series) -> list[float | None]:
@@ -99,7 +96,7 @@ def fig_curves(cur: pd.DataFrame, family: str) -> go.Figure:
             shown.add(int(depth))
     fig.update_xaxes(title_text="epoch", dtick=_epoch_dtick(cur["epoch"]))
     fig.update_yaxes(title_text="error (%)", row=1, col=1)
-    return _layout(fig, f"Training curves: {family} (dashed: training error, solid: test error)")
+    return layout(fig, f"Training curves: {family} (dashed: training error, solid: test error)")
 
 
 def fig_iteration_curves(cur: pd.DataFrame, family: str) -> go.Figure:
@@ -129,7 +126,7 @@ def fig_iteration_curves(cur: pd.DataFrame, family: str) -> go.Figure:
             shown.add(int(depth))
     fig.update_xaxes(title_text="iteration", rangemode="tozero")
     fig.update_yaxes(title_text="error (%)", row=1, col=1)
-    return _layout(fig, f"Training curves: {family} (dashed: training error, solid: test error)")
+    return layout(fig, f"Training curves: {family} (dashed: training error, solid: test error)")
 
 
 def fig_error_vs_depth(fam: pd.DataFrame, family: str, dataset: str) -> go.Figure:
@@ -166,7 +163,7 @@ def fig_error_vs_depth(fam: pd.DataFrame, family: str, dataset: str) -> go.Figur
     depths = sorted(done["depth"].astype(int).unique())
     fig.update_xaxes(title_text="depth (layers)", tickvals=depths)
     fig.update_yaxes(title_text="final error (%)")
-    return _layout(fig, f"Error against depth: {family}")
+    return layout(fig, f"Error against depth: {family}")
 
 
 def fig_gradient_flow(grads: pd.DataFrame, family: str) -> go.Figure | None:
@@ -207,7 +204,7 @@ def fig_gradient_flow(grads: pd.DataFrame, family: str) -> go.Figure | None:
     fig.update_yaxes(title_text="gradient L2 norm", col=1)
     fig.update_xaxes(title_text="epoch", row=1, dtick=_epoch_dtick(grads["epoch"]))
     fig.update_xaxes(title_text="depth (layers)", row=2, tickvals=sorted(grads["depth"].astype(int).unique()))
-    return _layout(fig, f"Gradient flow: {family}", height=700)
+    return layout(fig, f"Gradient flow: {family}", height=700)
 
 
 
@@ -242,7 +239,7 @@ def fig_pairs(pr: pd.DataFrame, a: str, b: str, title: str, dataset: str, axis: 
             legend = False
     fig.update_layout(barmode="group", scattermode="group")
     fig.update_yaxes(title_text="final error (%)", col=1)
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def fig_efficiency(summary: pd.DataFrame) -> go.Figure:
@@ -277,7 +274,7 @@ def fig_efficiency(summary: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="trainable parameters", col=1)
     fig.update_xaxes(title_text="MACs per image", col=2)
     fig.update_yaxes(title_text="test error (%)", col=1)
-    return _layout(fig, "Error against cost")
+    return layout(fig, "Error against cost")
 
 
 def fig_sensitivity(sens: pd.DataFrame, searched: list[str], space: dict[str, Any]) -> go.Figure:
@@ -315,5 +312,5 @@ def fig_sensitivity(sens: pd.DataFrame, searched: list[str], space: dict[str, An
         if isinstance(sp, dict) and sp.get("log"):
             fig.update_xaxes(type="log", row=r, col=c)
     fig.update_yaxes(title_text="test error (%)", col=1)
-    return _layout(fig, "Hyperparameter sensitivity: test error of each search trial", height=FIG_HEIGHT * rows)
+    return layout(fig, "Hyperparameter sensitivity: test error of each search trial", height=FIG_HEIGHT * rows)
 

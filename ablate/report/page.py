@@ -33,6 +33,7 @@ from ablate.analysis import stats
 from ablate.analysis.format import human, pct
 from ablate.analysis.results import Family, StudyResults, load_results
 from ablate.analysis.verdicts import TRAIN_ERROR_MEANING, comparison_cells
+from ablate.report.search import search_section
 from ablate.report.figures import (CONFIG, FIG_HEIGHT, esc, fig_curves, fig_efficiency, fig_error_vs_depth,
                                    fig_gradient_flow, fig_iteration_curves, fig_pairs, fig_sensitivity, is_missing)
 from ablate.report.spaces import spaces_section
@@ -115,6 +116,8 @@ def _progress(data: StudyResults) -> str:
     parts = [f"{p['variants']} variants", f"{p['trials']} trials"]
     if p["units"]:
         parts.append(f"{p['finished']} of {p['units']} units finished")
+    elif p["finished"]:
+        parts.append(f"{p['finished']} units finished")
     if p["running"]:
         parts.append(f"{p['running']} running: this study is still in progress, and the report shows what the storage holds now")
     return "; ".join(parts)
@@ -288,6 +291,7 @@ def _sections(data: StudyResults, figure: _Figure) -> list[tuple[str, str, str]]
     failed = len(t) and ((t["state"] == "FAIL") | t["did_not_learn"].notna()).any()
     candidates = [
         ("verdict", "Verdict", _verdict_html(data)),
+        ("search", "Architecture search", search_section(data.search, figure, _table)),
         ("curves", "Training curves", _curves_section(data, figure)),
         ("depth", "Error against depth", _depth_section(data, figure)),
         ("gradients", "Gradient flow", _gradients_section(data, figure)),

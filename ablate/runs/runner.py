@@ -51,6 +51,14 @@ class TrialFailed(Exception):
     """Raised inside a trial so Optuna records it as FAIL (after its `failure` is stored)."""
 
 
+class _Sampled(Exception):
+    """A sample whose architecture a stored trial trained: the trial ends with that trial's values."""
+
+    def __init__(self, values: list[float]):
+        super().__init__("sampled before")
+        self.values = values
+
+
 @dataclass
 class Progress:
     """What the run reports as it goes; the CLI draws it (or not, when not on a terminal)."""
@@ -151,6 +159,7 @@ class Runner:
         self.reports = study.sample is None or not study.sample.multi  # Optuna cannot report (or prune) a multi-objective trial
         if study.is_search:
             check_budget(study)
+        self.costs: dict[str, tuple[int, int]] = {}  # architecture name -> (params, MACs), measured once
         self.checkpoints: dict[int, Path] = {}  # trial number -> its checkpoint, removed once the trial is stored
         self.retry: dict[str, int] = {}  # with retry_failed: unit key -> the number of its failed trial, retried once
 
@@ -163,6 +172,7 @@ class Runner:
                 stopping.check()
                 reap(self.ostudy, self.storage, self.grace)
                 records = self._records()
+                self._set_units(records)
                 plan = scheduling.plan(self.units, records, self.retry)
                 _check_untrained(records)
                 if plan.finished:
@@ -176,14 +186,27 @@ class Runner:
     def _records(self) -> list[S.TrialRecord]:
         return S.records(self.ostudy.get_trials(deepcopy=False))
 
+    def _set_units(self, records: list[S.TrialRecord]) -> None:
+        """The study's units as the records make them (a search's final runs, once its samples are done)."""
+        self.units = study_units(self.study, records)
+        self.by_key = {u.key: u for u in self.units}
+
+    def _expected_units(self) -> int:
+        """Units in all, as far as known: a single-objective search's final runs are counted ahead."""
+        sample = self.study.sample
+        if sample is None or sample.multi or any(u.kind == "final" for u in self.units):
+            return len(self.units)
+        return len(self.units) + sample.finalists * self.study.seeds
+
     def _start(self) -> None:
         reap(self.ostudy, self.storage, self.grace)
         records = self._records()
+        self._set_units(records)
         done = scheduling.unit_state(records).done
         clean_checkpoints(self.ckpt_dir, set(done))
         if self.retry_failed:
             self.retry = {k: r.number for k, r in scheduling.failed_units(records).items()}
-        self.progress.on_start(len(self.units), len(done) - len(self.retry))
+        self.progress.on_start(self._expected_units(), len(done) - len(self.retry))
 
     def _claim_and_run(self, plan: scheduling.Plan) -> bool:
         """Claim what the plan offers (final runs of one variant together, up to the fused
@@ -193,7 +216,7 @@ class Runner:
         if plan.ready and plan.ready[0].unit.kind == "final":
             size = self._fuse_size(plan.ready[0].unit)
         claimed = S.claim(self.storage, self.ostudy, self._candidates(plan),
-                          lambda rs: scheduling.plan(self.units, rs, self.retry).claimable, limit=size)
+                          lambda rs: scheduling.plan(study_units(self.study, rs), rs, self.retry).claimable, limit=size)
         running = [c.trial_id for c in claimed if c.running]
         if len(running) > 1:
             run_group(self.ostudy, self.storage, running, self._run_all, self._finished)
@@ -241,28 +264,40 @@ class Runner:
         except ValueError as exc:
             S.set_trial_attrs(trial, failure_kind=outcomes.INFEASIBLE, failure=f"not a valid network: {exc}")
             raise TrialFailed(str(exc)) from None
-        params, macs = measure(spec, input_info(self.study.info, self.study.recipe))
+        if spec.name not in self.costs:  # a sampler may propose one architecture many times
+            self.costs[spec.name] = measure(spec, input_info(self.study.info, self.study.recipe))
+        params, macs = self.costs[spec.name]
         S.set_trial_attrs(trial, variant=spec.name, spec=spec.axes(), params=params, macs=macs)
         assert self.study.sample is not None
         why = self.study.sample.over_budget(params, macs)
+        kind = outcomes.INFEASIBLE
         if why is None:
-            twin = next((t.number for t in self.ostudy.get_trials(deepcopy=False, states=_TRAINED)
-                         if t.number != trial.number and t.user_attrs.get(S.trial_key("variant")) == spec.name), None)
-            why = None if twin is None else f"{spec.name} was sampled before (trial {twin}); an architecture is trained once"
+            twin = self._twin(trial.number, spec.name)
+            if twin is not None and twin.state == TrialState.COMPLETE and twin.values:
+                # Trained before: the sampler is told that trial's result again, and nothing is trained.
+                a = S.TrialAttrs.read(twin.user_attrs)
+                S.set_trial_attrs(trial, duplicate_of=twin.number, val_error=a.val_error, test_error=a.test_error)
+                raise _Sampled(list(twin.values))
+            why = None if twin is None else f"{spec.name} was sampled before (trial {twin.number}, {twin.state.name.lower()}); an architecture is trained once"
             kind = outcomes.DUPLICATE
-        else:
-            kind = outcomes.INFEASIBLE
         if why is not None:
             S.set_trial_attrs(trial, failure_kind=kind, failure=why)
             raise TrialFailed(why)
         return dataclasses.replace(unit, variant=spec)
+
+    def _twin(self, number: int, name: str) -> FrozenTrial | None:
+        """The trial that trained (or is training) the architecture `name`: a sample or a final run."""
+        return next((t for t in self.ostudy.get_trials(deepcopy=False, states=_TRAINED)
+                     if t.number != number and t.user_attrs.get(S.trial_key("variant")) == name
+                     and S.TrialAttrs.read(t.user_attrs).duplicate_of is None), None)
 
     def _prepare(self, trial: optuna.Trial) -> _Job:
         """A claimed trial made ready to train: its params suggested, recipe and checkpoint chosen."""
         unit = self.by_key[S.TrialAttrs.read(trial.user_attrs).unit]
         if unit.kind == "sample":
             unit = self._sample(trial, unit)
-        params = {name: suggest(trial, name, self.dists[name]) for name in param_keys(self.study, unit)}
+        # A search's finalist: its axes that the spaces sample are params; the others are in its `spec`.
+        params = {name: suggest(trial, name, self.dists[name]) for name in param_keys(self.study, unit) if name in self.dists}
         recipe = trial_recipe(self.study, unit, params)
         S.set_trial_attrs(trial, recipe=recipe_dict(recipe), device=self.device_name, versions=self.env,
                           data=self.data.source)  # data: the folder the files came from, or the bundled subset
@@ -287,6 +322,8 @@ class Runner:
     def _objective(self, trial: optuna.Trial) -> float:
         try:
             job = self._prepare(trial)
+        except _Sampled as sampled:  # trained before: that trial's values, nothing trained
+            return sampled.values if len(sampled.values) > 1 else sampled.values[0]  # type: ignore[return-value]
         except TrialFailed:  # its reason is stored
             raise
         except Exception as exc:  # recorded as the trial's own failure: the study goes on
@@ -417,9 +454,14 @@ def check_budget(study: Study) -> None:
 
 def _check_untrained(records: list[S.TrialRecord]) -> None:
     """A sampler that keeps drawing what cannot be trained (infeasible, or sampled before) stops the run."""
-    untrained = sum(1 for r in records if r.failure_kind in outcomes.NOT_TRAINED)
-    if untrained > limits.MAX_INFEASIBLE:
-        raise OptionError(f"sample.count: {untrained} samples could not be trained (over the budget or sampled before); "
+    untrained = 0
+    for r in records:  # the latest samples that could not be trained, in a row
+        if r.failure_kind in outcomes.NOT_TRAINED or r.duplicate_of is not None:
+            untrained += 1
+        elif r.state != "FAIL":  # a trained sample (or one training now) ends the run of misses
+            untrained = 0
+    if untrained >= limits.MAX_INFEASIBLE:
+        raise OptionError(f"sample.count: the last {untrained} samples could not be trained (over the budget or sampled before); "
                           "the space may hold fewer feasible architectures than count: lower count, widen the space or raise the budget")
 
 

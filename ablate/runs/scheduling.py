@@ -18,7 +18,11 @@ Rules:
   again, with that attempt's params, so its checkpoint resumes;
 - an architecture search's sample that was never trained (infeasible: over the budget; or a
   duplicate of an architecture sampled before) does not count: its unit is *ready* again, and
-  the sampler draws another architecture.
+  the sampler draws another architecture;
+- an architecture search's final runs exist once every sample is done: the finalists (the best
+  `[sample] finalists` by validation error, or the Pareto set of validation error and cost) are
+  read from the stored samples, so every worker derives the same ones, and each finalist's final
+  runs are units keyed by its name, as a grid variant's are.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from typing import Mapping, Sequence
 
 from ablate.storage import TrialRecord
 from ablate.storage.outcomes import selection_error
+from ablate.spec.space import pareto_front
 from ablate.spec.study import FIRST_SEED, Study
-from ablate.spec.variants import VariantSpec
+from ablate.spec.variants import VariantSpec, make_variant
 
 COUNTING = ("COMPLETE", "PRUNED")
 IN_FLIGHT = ("WAITING", "RUNNING")
@@ -45,6 +50,7 @@ class Unit:
     index: int
     first_seed: int = FIRST_SEED  # [seeds] start: the seed of final run 0
     space: str | None = None  # a sample's [[space]] name
+    finalist: bool = False  # a final run of an architecture search's finalist
 
     @property
     def seed(self) -> int:
@@ -61,12 +67,18 @@ class Unit:
         return f"{self.variant.name}/{self.kind}/{self.index}"
 
 
-def study_units(study: Study) -> list[Unit]:
+def study_units(study: Study, records: Sequence[TrialRecord] = ()) -> list[Unit]:
     """Every unit, variant by variant: its search trials, then its final runs. An architecture
-    search: `[sample] count` samples per space."""
+    search: `[sample] count` samples per space, then, once the `records` hold every sample, the
+    finalists' final runs."""
     if study.is_search:
         assert study.sample is not None
-        return [Unit(None, "sample", i, space=space.name) for space in study.spaces for i in range(study.sample.count)]
+        samples = [Unit(None, "sample", i, space=space.name) for space in study.spaces for i in range(study.sample.count)]
+        done = unit_state(records).done if records else {}
+        if not all(u.key in done for u in samples):
+            return samples
+        return samples + [Unit(spec, "final", i, study.first_seed, finalist=True)
+                          for spec in finalists(study, [done[u.key] for u in samples]) for i in range(study.seeds)]
     units = []
     for spec in study.variants:
         if study.search is not None:
@@ -89,7 +101,7 @@ def unit_state(records: Sequence[TrialRecord]) -> UnitState:
     in_flight: set[str] = set()
     interrupted: dict[str, TrialRecord] = {}
     for r in records:  # in trial order: a unit retried with --retry-failed is done by its latest attempt
-        if r.unit is None or r.failure_kind in outcomes.NOT_TRAINED:  # another sample is drawn for the unit
+        if r.unit is None or r.failure_kind in outcomes.NOT_TRAINED or r.duplicate_of is not None:  # another sample is drawn
             continue
         if r.state in COUNTING or (r.state == "FAIL" and outcomes.is_own(r.failure_kind)):
             done[r.unit] = r
@@ -98,6 +110,24 @@ def unit_state(records: Sequence[TrialRecord]) -> UnitState:
         elif r.state == "FAIL":
             interrupted[r.unit] = r
     return UnitState(done, in_flight - set(done), {k: t for k, t in interrupted.items() if k not in done})
+
+
+def finalists(study: Study, done: Sequence[TrialRecord]) -> list[VariantSpec]:
+    """The architectures a search's final runs repeat, from its done samples (COMPLETE ones: a
+    pruned sample's error is not a full run's): one objective, the best `[sample] finalists` by
+    validation error (ties to the earlier sample); two, the Pareto set of validation error and
+    cost, cheapest first."""
+    assert study.sample is not None
+    complete = sorted((r for r in done if r.state == "COMPLETE" and r.spec is not None and r.val_error is not None
+                       and r.duplicate_of is None and (study.sample.cost is None or study.sample.cost in r.costs)),
+                      key=lambda r: r.number)
+    if study.sample.cost is None:
+        chosen = sorted(complete, key=lambda r: (r.val_error, r.number))[: study.sample.finalists]
+    else:
+        cost = study.sample.cost
+        front = pareto_front([(r.val_error, r.costs[cost]) for r in complete])
+        chosen = sorted((r for r, on in zip(complete, front) if on), key=lambda r: (r.costs[cost], r.val_error, r.number))
+    return [make_variant(dict(r.spec)) for r in chosen if r.spec is not None]
 
 
 def failed_units(records: Sequence[TrialRecord]) -> dict[str, TrialRecord]:

@@ -405,6 +405,16 @@ def create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optuna
     return ostudy
 
 
+def _units_expected(study: Study) -> int | None:
+    """Units in all: a search's final runs counted ahead when one objective fixes how many
+    finalists there are; None when the Pareto set (unknown until sampled) decides it."""
+    if study.sample is None:
+        return len(study_units(study))
+    if study.sample.multi:
+        return None
+    return len(study_units(study)) + study.sample.finalists * study.seeds
+
+
 def study_attrs(study: Study) -> S.StudyAttrs:
     from ablate.engine.models import measure
 
@@ -417,5 +427,5 @@ def study_attrs(study: Study) -> S.StudyAttrs:
         ablate_version=__version__, study_file=study.source, study_path=study.path, description=study.description,
         dataset=study.dataset, definition=definition(study), variants=rows, recipe=recipe_dict(study.recipe),
         search=study.search.describe() if study.search else None, seeds=study.seeds, first_seed=study.first_seed,
-        units=len(study_units(study)), objective=objective_metric(study),
+        units=_units_expected(study), objective=objective_metric(study),
     )

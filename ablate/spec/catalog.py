@@ -42,6 +42,20 @@ DATASETS: dict[str, DatasetInfo] = {
             "svhn", 3, 10, 32, 73_257, 26_032,
             (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), ("crop",),
         ),
+        # Imagenette (fast.ai, the imagenette2 release): 10 ImageNet classes; train/ and val/ as the
+        # splits. 160 px is its smaller version's shorter side: images are decoded at the recipe's
+        # resize instead when set (ablate.engine.imagesets). Statistics: ImageNet's, which fast.ai's
+        # Imagenette baselines normalise with.
+        DatasetInfo(
+            "imagenette", 3, 10, 160, 9_469, 3_925,
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ("crop", "flip"),
+        ),
+        # STL-10 (Coates, Ng and Lee 2011), its labelled splits; the statistics are the values in
+        # common use with torchvision's STL10 (not re-measured here).
+        DatasetInfo(
+            "stl10", 3, 10, 96, 5_000, 8_000,
+            (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), ("crop", "flip"),
+        ),
         # Small, deterministic and learnable: for tests and smoke runs, generated in memory.
         DatasetInfo("synthetic", 3, 10, 16, 2_048, 512, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ("crop", "flip")),
     )

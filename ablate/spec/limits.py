@@ -48,9 +48,12 @@ TRIALS_REASON = "search trials per variant, each a full training run"
 #: Architectures trained by one search, over all its spaces ([sample] count x spaces).
 MAX_SAMPLES = 2_000
 SAMPLES_REASON = "each sampled architecture is a full training run; split a larger search into several studies"
-#: Infeasible samples (over the budget, or not a valid net) a search records before it stops: a
-#: sampler that keeps proposing what cannot be trained is stopped with one line, not left to loop.
-MAX_INFEASIBLE = 1_000
+#: Samples in a row that could not be trained (over the budget, not a valid net, or sampled while
+#: their twin was still training) before a search stops: a space that holds fewer feasible
+#: architectures than `count`, or a sampler that keeps proposing what cannot be trained, is stopped
+#: with one line, not left to loop. A random draw from a space where 1 in 20 architectures fits
+#: the budget misses 100 times in a row with probability 0.95^100 = 0.6%.
+MAX_INFEASIBLE = 100
 MAX_UNITS = 20_000
 UNITS_REASON = "trials in the whole study (variants x (search trials + seeds)), each a full training run"
 

@@ -25,7 +25,7 @@ from ablate.spec.paths import PathError, user_path
 if TYPE_CHECKING:  # numpy is imported only to read an .npz: `ablate --help` stays quick
     import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "OwnData", "OwnDataError", "scan_own_data", "MIN_SIZE", "MAX_SIZE"]
+__all__ = ["IMAGE_SUFFIXES", "OwnData", "OwnDataError", "scan_own_data", "list_image_folder", "MIN_SIZE", "MAX_SIZE"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: PIL modes without colour: such images are read as one channel (alpha dropped).
@@ -54,16 +54,22 @@ class OwnData:
     classes: tuple[str, ...]  # a folder's class names, in label order; an .npz's are "0".."K-1"
     test_folder: str  # "test" or "val" for a folder; "" for an .npz
     files: tuple[tuple[str, int, int], ...]  # (path relative to location, bytes, mtime in ns), sorted
-    digest: str  # of the files' names and sizes (and an .npz's arrays' CRCs): copies keep it, edits change it
+    digest: str  # of the files' names, sizes and contents (an .npz's: its arrays' CRCs): copies keep it, edits change it
+    #: center-crop each image to a square before resizing (as ImageNet evaluation does) instead of squashing it
+    crop: bool = False
 
     def identity(self) -> dict[str, Any]:
         """What the study's stored definition records: running on other data is a changed study."""
         return {"name": self.name, "path": self.path, "files": len(self.files), "hash": self.digest, "size": self.size}
 
     def cache_key(self) -> str:
-        """The decoded arrays' key: the files' names, sizes and modification times, and the size asked for."""
+        """The decoded arrays' key: the files' names, sizes, modification times and contents (the
+        digest), and the size asked for."""
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{self.kind}\0{self.size}\0{self.info.channels}\0{self.location}\0".encode())
+        if self.crop:  # only when set: the keys of caches written before the field existed stay valid
+            h.update(b"crop\0")
+        h.update(self.digest.encode())  # the contents too: an edit that keeps a file's size and time
         for name, nbytes, mtime in self.files:
             h.update(f"{name}\0{nbytes}\0{mtime}\n".encode())
         return h.hexdigest()
@@ -123,6 +129,30 @@ def _digest(entries: list[tuple[str, int, int]], extra: str = "") -> str:
     return h.hexdigest()
 
 
+#: A folder's files are hashed whole up to this many bytes, and above it by their first and last
+#: halves of it (their size is hashed too): every byte of a typical training image, and a bounded
+#: read of a large photo, whose compressed bytes an edit mostly changes throughout.
+HASH_WHOLE = 1 << 17
+
+
+def _content(at: str, location: Path, entries: list[tuple[str, int, int]]) -> str:
+    """A hash of the files' contents, so that an edit that keeps a file's size changes the identity."""
+    h = hashlib.blake2b(digest_size=16)
+    for rel, nbytes, _ in entries:
+        try:
+            with open(location / rel, "rb") as file:
+                if nbytes <= HASH_WHOLE:
+                    h.update(file.read())
+                else:
+                    h.update(file.read(HASH_WHOLE // 2))
+                    file.seek(-(HASH_WHOLE // 2), 2)
+                    h.update(file.read())
+        except OSError as exc:
+            raise OwnDataError(f"{at}.path: {location / rel} cannot be read ({exc.strerror or exc}); "
+                               "fix its permissions or remove it") from None
+    return h.hexdigest()
+
+
 def _class_folders(at: str, split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -135,7 +165,10 @@ def _images(at: str, folder: Path) -> list[Path]:
     return images
 
 
-def _scan_folder(at: str, name: str, written: str, location: Path, size: int | None) -> OwnData:
+def list_image_folder(location: Path, *, at: str = "dataset") -> tuple[tuple[str, ...], str, tuple[tuple[str, int, int], ...]]:
+    """A folder tree's classes (sorted), its test folder ("test" or "val") and its images as
+    (path relative to `location`, bytes, mtime in ns), from names and stat() only: nothing is opened.
+    OwnDataError naming the folder and the fix when the tree is not train/<class>/<image> and test/<class>/<image>."""
     train = location / "train"
     if not train.is_dir():
         raise OwnDataError(f"{at}.path: {location} has no train/ folder; put the training images in train/<class>/<image> "
@@ -153,19 +186,21 @@ def _scan_folder(at: str, name: str, written: str, location: Path, size: int | N
         raise OwnDataError(f"{at}.path: the class {stray[0]!r} is in {test_folder}/ but not in train/; "
                            f"add its training images to train/{stray[0]}/ or remove {test_folder}/{stray[0]}/")
     entries: list[tuple[str, int, int]] = []
-    counts = {}
     for split, names in (("train", classes), (test_folder, test_classes)):
-        n = 0
         for c in names:
             for image in _images(at, location / split / c):
                 st = image.stat()
                 entries.append((image.relative_to(location).as_posix(), st.st_size, st.st_mtime_ns))
-                n += 1
-        counts[split] = n
-    channels, side = _headers(at, location, entries, size)
-    info = _info(name, channels, len(classes), side, counts["train"], counts[test_folder])
-    return OwnData(name, written, str(location), "folder", size, info, tuple(classes), test_folder,
-                   tuple(entries), _digest(entries))
+    return tuple(classes), test_folder, tuple(entries)
+
+
+def _scan_folder(at: str, name: str, written: str, location: Path, size: int | None) -> OwnData:
+    classes, test_folder, entries = list_image_folder(location, at=at)
+    n_train = sum(1 for rel, _, _ in entries if rel.startswith("train/"))
+    channels, side = _headers(at, location, list(entries), size)
+    info = _info(name, channels, len(classes), side, n_train, len(entries) - n_train)
+    digest = _digest(list(entries), _content(at, location, list(entries)))
+    return OwnData(name, written, str(location), "folder", size, info, classes, test_folder, entries, digest)
 
 
 def _headers(at: str, location: Path, entries: list[tuple[str, int, int]], size: int | None) -> tuple[int, int]:

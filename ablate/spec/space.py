@@ -16,6 +16,8 @@ reads and checks the tables; sampling and training are `ablate.runs`'s.
     max_macs = 30e6                            # an architecture over it is never trained
     max_params = 1e6
     pruner = "hyperband"                       # none | median | hyperband | asha (single objective only)
+    finalists = 3                              # one objective: the best N get [seeds] final runs
+                                               # (two objectives: the Pareto set does)
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from ablate.spec import limits
 from ablate.spec.variants import AXES, VariantSpec, make_variant
 
-__all__ = ["SpaceAxis", "Space", "Sample", "SpaceError", "parse_spaces", "parse_sample",
-           "SAMPLE_SAMPLERS", "UNBIASED_SAMPLERS", "SAMPLE_PRUNERS", "SECOND_OBJECTIVES"]
+__all__ = ["SpaceAxis", "Space", "Sample", "SpaceError", "parse_spaces", "parse_sample", "pareto_front",
+           "SAMPLE_SAMPLERS", "UNBIASED_SAMPLERS", "SAMPLE_PRUNERS", "SECOND_OBJECTIVES", "DEFAULT_FINALISTS"]
 
 SAMPLE_SAMPLERS = ("random", "tpe", "nsga2", "qmc")
 #: Samplers that draw without regard to the errors seen: what comparing spaces by their error
@@ -37,12 +39,15 @@ SAMPLE_SAMPLERS = ("random", "tpe", "nsga2", "qmc")
 UNBIASED_SAMPLERS = ("random", "qmc")
 SAMPLE_PRUNERS = ("none", "median", "hyperband", "asha")
 SECOND_OBJECTIVES = ("macs", "params")
-SAMPLE_KEYS = ("count", "sampler", "objectives", "max_macs", "max_params", "pruner", "seed")
+SAMPLE_KEYS = ("count", "sampler", "objectives", "max_macs", "max_params", "pruner", "seed", "finalists")
+DEFAULT_FINALISTS = 3
 #: Axes a space may sample: `blocks` (per-stage counts) is not one; sample `depth` instead.
 SPACE_AXES = tuple(a for a in AXES if a != "blocks")
 #: Axes a range may give: depth is a list, since most integers are not valid depths (6n+2, 9n+2).
 INTEGER_AXES = ("width",)
 DEFAULT_SPACE = "space"
+#: Axes along which parameters and MACs only grow, all else equal.
+MONOTONE_AXES = ("depth", "width")
 
 
 class SpaceError(ValueError):
@@ -67,12 +72,19 @@ class SpaceAxis:
         return {"low": self.low, "high": self.high, "log": self.log} if self.is_range else list(self.choices)
 
     def cheapest(self) -> tuple[Any, ...]:
-        """The values the smallest architecture may take on this axis (a range's low end)."""
-        return (self.low,) if self.is_range else self.choices
+        """The values the smallest architecture may take on this axis: a range's low end, the
+        least of a list of depths (every listed depth is valid with every block the space
+        allows, and cost grows with depth and width), or every choice of a categorical axis."""
+        if self.is_range:
+            return (self.low,)
+        return (min(self.choices),) if self.key in MONOTONE_AXES else self.choices
 
     def priciest(self) -> tuple[Any, ...]:
-        """The values the largest architecture may take on this axis (a range's high end)."""
-        return (self.high,) if self.is_range else self.choices
+        """The values the largest architecture may take on this axis: a range's high end, the
+        greatest of a list of depths, or every choice of a categorical axis."""
+        if self.is_range:
+            return (self.high,)
+        return (max(self.choices),) if self.key in MONOTONE_AXES else self.choices
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,20 @@ class Space:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "axes": {a.key: a.describe() for a in self.axes}, "fixed": dict(self.fixed)}
+
+    def size(self, most: int = 100_000) -> int | None:
+        """How many distinct valid architectures the space holds (None: more combinations than `most`
+        to count)."""
+        options = [a.choices or tuple(range(a.low, a.high + 1)) for a in self.axes]  # type: ignore[arg-type]
+        if math.prod(len(o) for o in options) > most:
+            return None
+        names = set()
+        for values in itertools.product(*options):
+            try:
+                names.add(self.spec(dict(zip((a.key for a in self.axes), values))).name)
+            except ValueError:
+                continue
+        return len(names)
 
     def cheapest_candidates(self, most: int = 512) -> list[VariantSpec]:
         """Valid architectures at every range's low end and every choice (at most `most`; none
@@ -122,10 +148,16 @@ class Sample:
     max_params: float | None = None
     pruner: str = "none"
     seed: int = 0
+    finalists: int = DEFAULT_FINALISTS  # one objective: the best N get final runs (two: the Pareto set)
 
     @property
     def multi(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def cost(self) -> str | None:
+        """The second objective (macs or params), or None for a single-objective search."""
+        return self.objectives[1] if self.multi else None
 
     def over_budget(self, params: int, macs: int) -> str | None:
         """Why an architecture of `params` and `macs` may not be trained, or None."""
@@ -137,7 +169,8 @@ class Sample:
 
     def describe(self) -> dict[str, Any]:
         return {"count": self.count, "sampler": self.sampler, "objectives": list(self.objectives),
-                "max_macs": self.max_macs, "max_params": self.max_params, "pruner": self.pruner, "seed": self.seed}
+                "max_macs": self.max_macs, "max_params": self.max_params, "pruner": self.pruner, "seed": self.seed,
+                "finalists": None if self.multi else self.finalists}
 
 
 def _type(value: Any) -> str:
@@ -264,7 +297,23 @@ def parse_sample(table: Any, spaces: int) -> Sample:
     seed = table.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= limits.MAX_SEED:
         raise SpaceError(f"sample.seed: expected an integer from 0 to {limits.MAX_SEED} (the sampler's seed), got {limits.shown(seed)}")
-    return Sample(count=count, sampler=sampler, objectives=objectives, pruner=pruner, seed=seed, **budget)
+    finalists = table.get("finalists", min(DEFAULT_FINALISTS, count * spaces))
+    if "finalists" in table and len(objectives) > 1:
+        raise SpaceError("sample.finalists: a multi-objective search gives its Pareto set final runs, not the best N; "
+                         "remove finalists, or set objectives = [\"val_error\"]")
+    if isinstance(finalists, bool) or not isinstance(finalists, int) or not 1 <= finalists <= count * spaces:
+        raise SpaceError(f"sample.finalists: expected an integer from 1 to {count * spaces} (count x spaces: the best N "
+                         f"sampled architectures get [seeds] final runs), got {limits.shown(finalists)}")
+    return Sample(count=count, sampler=sampler, objectives=objectives, pruner=pruner, seed=seed, finalists=finalists, **budget)
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
+    """Which points no other point dominates (no worse in every objective, better in one; all
+    minimised). The one definition of the front: for the final runs and the report alike."""
+    def dominates(p: Sequence[float], q: Sequence[float]) -> bool:
+        return all(a <= b for a, b in zip(p, q)) and any(a < b for a, b in zip(p, q))
+
+    return [not any(dominates(q, p) for q in points) for p in points]
 
 
 def _objectives(value: Any) -> tuple[str, ...]:

@@ -260,8 +260,6 @@ def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, de
     if "search" in doc:
         raise StudyError(f"{where}: search: [search] (recipe tuning) and [[space]] in one study are not supported; "
                          "remove [search]: every sampled architecture trains with [train]")
-    if "seeds" in doc:
-        raise StudyError(f"{where}: seeds: final seeded runs of a search's finalists are not implemented yet; remove [seeds]")
     fixed = doc.get("fixed", {})
     _expect(where, "fixed", fixed, dict, "a table [fixed] of axis = value")
     _check_axes(where, "fixed", fixed)
@@ -277,8 +275,10 @@ def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, de
     if recipe.val_size == 0:
         raise StudyError(f"{where}: train.val_size: a [[space]] search selects architectures on a validation split "
                          "(never on the test set); hold some training examples out, e.g. val_size = 5000")
+    # [seeds]: the final runs of each finalist (the best `finalists`, or the Pareto set: at most every sample).
+    seeds, first_seed = _seeds(where, doc, sample.count * len(spaces) if sample.multi else sample.finalists, None)
     return Study(name=name, description=description, dataset=dataset, variants=(), source=text, path=where,
-                 recipe=recipe, spaces=spaces, sample=sample, own_data=own)
+                 recipe=recipe, spaces=spaces, sample=sample, own_data=own, seeds=seeds, first_seed=first_seed)
 
 
 def _read_toml(where: str, text: str) -> dict[str, Any]:

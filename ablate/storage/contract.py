@@ -186,6 +186,9 @@ class TrialAttrs:
     images_per_second: float | None = _key("images_per_second")
     seconds: float | None = _key("seconds")
     resumed_from: int | None = _key("resumed_from")
+    # a sample whose architecture was trained before: not trained again; the number of the trial
+    # that trained it, whose values this trial gave the sampler (ablate.runs.runner)
+    duplicate_of: int | None = _key("duplicate_of")
     # how it ended, when not well (ablate.outcomes)
     failure: str | None = _key("failure")
     failure_kind: str | None = _key("failure_kind")
@@ -225,8 +228,10 @@ def set_trial_attrs(trial: "optuna.Trial", **fields: Any) -> None:
 
 def unit_attrs(unit: Any, worker: Worker | None = None) -> dict[str, Any]:
     """The attributes that make a trial one attempt at a unit (ablate.scheduling.Unit)."""
-    return encode_trial_attrs(unit=unit.key, variant=unit.variant.name if unit.variant is not None else None, kind=unit.kind, index=unit.index, seed=unit.seed,
-                              worker=worker)
+    # A search's finalist has no [[variant]] entry in the study's attributes: its axes go with it.
+    spec = unit.variant.axes() if unit.variant is not None and getattr(unit, "finalist", False) else None
+    return encode_trial_attrs(unit=unit.key, variant=unit.variant.name if unit.variant is not None else None, kind=unit.kind,
+                              index=unit.index, seed=unit.seed, worker=worker, spec=spec)
 
 
 # ---------------------------------------------------------------- study user attributes

@@ -132,13 +132,24 @@ class TrialRecord:
     params: Mapping[str, Any] = field(default_factory=dict)  # with the fixed params it was created with
     value: float | None = None
     val_error: float | None = None
+    # an architecture search's sample: the network's axes, its cost, and the trial that trained it
+    # when it was sampled before (its values given to the sampler again; it is not a unit's result)
+    spec: Mapping[str, Any] | None = None
+    costs: Mapping[str, float] = field(default_factory=dict)  # "macs", "params"
+    duplicate_of: int | None = None
+
+
+def _real(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def record(number: int, state: str, user_attrs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
            value: float | None = None) -> TrialRecord:
     a = TrialAttrs.read(user_attrs)
+    costs = {k: v for k, v in (("macs", _real(a.macs)), ("params", _real(a.params))) if v is not None}
     return TrialRecord(number, state, a.unit, failure_kind(state, user_attrs), dict(params or {}), value,
-                       a.val_error if isinstance(a.val_error, (int, float)) else None)
+                       _real(a.val_error), a.spec if isinstance(a.spec, dict) else None, costs,
+                       a.duplicate_of if isinstance(a.duplicate_of, int) else None)
 
 
 def records(trials: Iterable["FrozenTrial"]) -> list[TrialRecord]:

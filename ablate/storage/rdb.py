@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ablate import failpoints
 from ablate.spec.paths import user_path
 from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAGE_RETRY_SECONDS, StorageError, TrialAttrs, trial_key
-from ablate.storage.outcomes import TrialRecord, failure_kind
+from ablate.storage.outcomes import TrialRecord, failure_kind, record
 from ablate.storage.retry import Retrier, one_line, retrier, retrying_storage_class
 
 __all__ = ['safe_url', 'one_line', 'sqlite_path', 'in_memory', 'storage_url', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'Claimed', 'claim', 'trial_id', 'rdb_of', 'heartbeats', 'retrier']
@@ -222,7 +222,9 @@ def _unit_records(session: Any, study_id: int) -> list[TrialRecord]:
     """Every trial of the study with its unit and how it failed: what claiming decides on."""
 
     m = _models()
-    keys = (trial_key("unit"), trial_key("failure_kind"), trial_key("failure"))
+    # What scheduling reads of a trial (ablate.storage.outcomes.record): a search's finalists are
+    # chosen from the samples' errors, costs and axes, so those are read too.
+    keys = tuple(trial_key(k) for k in ("unit", "failure_kind", "failure", "duplicate_of", "spec", "val_error", "macs", "params"))
     trials = session.query(m.TrialModel.trial_id, m.TrialModel.number, m.TrialModel.state).filter(
         m.TrialModel.study_id == study_id).order_by(m.TrialModel.trial_id).all()
     attrs: dict[int, dict[str, Any]] = {}
@@ -234,7 +236,7 @@ def _unit_records(session: Any, study_id: int) -> list[TrialRecord]:
     out = []
     for trial_id, number, state in trials:
         ua = attrs.get(trial_id, {})
-        out.append(TrialRecord(number, state.name, ua.get(keys[0]), failure_kind(state.name, ua)))
+        out.append(record(number, state.name, ua))
     return out
 
 
