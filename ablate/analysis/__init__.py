@@ -5,6 +5,7 @@
     stats      the calibrated tests (scipy.stats): paired or Welch t-tests, Holm's correction
     verdicts   the study's answers (`Finding`, `Answer`), tested and corrected together
     papers     the papers' published errors
+    search     an architecture search's samples; spaces: design spaces compared (EDFs, a calibrated test)
     format     numbers in words, for every place that prints them
     results    `StudyResults`: the one data object the terminal, the report and the export share
 """
@@ -15,6 +16,7 @@ from ablate.analysis.frames import (CURVE_AXES, EPOCH_FIELDS, TRIAL_COLUMNS, Rep
                                     iteration_curves, open_study, points_table, trials_table)
 from ablate.analysis.papers import HE2016_TABLE6, HE2016B, PaperValue, paper_error
 from ablate.analysis.search import SAMPLE_COLUMNS, SearchResults, objectives_of, samples_table, search_results
+from ablate.analysis.spaces import EDF_COLUMNS, SPACES_COLUMNS, SpacesAnalysis, analyse_spaces, overlap_warning
 from ablate.analysis.results import Family, PairTable, StudyResults, collect, load_results
 from ablate.analysis.summary import (FAMILY_AXES, SUMMARY_STATS, VARIED_AXES, degradation_families, depth_families,
                                      efficient_front, failures, family_label, pairs, searched_keys, sensitivity,
@@ -24,6 +26,7 @@ from ablate.analysis.verdicts import (FINDING_COLUMNS, METRIC_LABELS, PAIR_QUEST
                                       verdicts)
 
 __all__ = ["SAMPLE_COLUMNS", "SearchResults", "objectives_of", "samples_table", "search_results", 
+    "EDF_COLUMNS", "SPACES_COLUMNS", "SpacesAnalysis", "analyse_spaces", "overlap_warning",
     "format", "stats",
     "CURVE_AXES", "EPOCH_FIELDS", "TRIAL_COLUMNS", "ReportError", "curves", "epochs_table", "finals", "grad_norms_long",
     "gradient_flow", "gradient_ratios", "hyperparameter_columns", "iteration_curves", "open_study", "points_table",

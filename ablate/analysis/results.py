@@ -16,6 +16,7 @@ import pandas as pd
 from ablate.analysis import frames as F
 from ablate.analysis import summary as SU
 from ablate.analysis.search import SearchResults, search_results
+from ablate.analysis.spaces import SpacesAnalysis, analyse_spaces
 from ablate.analysis.verdicts import PAIR_QUESTIONS, Finding, findings_table, recipes_of, samples, verdicts
 from ablate.storage import StudyAttrs, safe_url
 
@@ -73,6 +74,8 @@ class StudyResults:
     #: an architecture search: one row per sampled architecture (ablate.analysis.search); else empty
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)  # an architecture search's samples (search.samples)
     search: SearchResults = field(default_factory=SearchResults)
+    #: two or more [[space]] tables: their error distributions compared (ablate.analysis.spaces); else None
+    spaces: SpacesAnalysis | None = None
 
     @property
     def dataset(self) -> str:
@@ -138,11 +141,14 @@ def collect(study: optuna.Study, storage: str = "") -> StudyResults:
     findings = verdicts(summary, str(attrs.dataset or ""), samples(trials, recipes_of(study)),
                         finalists=search.finalists["variant"].tolist() if search.is_search and len(search.finalists) else None)
     notes = list(dict.fromkeys(trials.attrs.get("notes", [])))
+    sampled = search.samples
+    spaces = analyse_spaces(sampled) if len(sampled) and sampled["space"].nunique() >= 2 else None
     return StudyResults(
         study.study_name, attrs, safe_url(storage) if storage else "", trials, epochs, points, summary, findings, searched,
         families=_families(summary, epochs, points), pairs=_pairs(summary),
         sensitivity=SU.sensitivity(trials, searched) if searched else pd.DataFrame(),
         failures=SU.failures(trials) if len(trials) else pd.DataFrame(), notes=notes, samples=search.samples, search=search,
+        spaces=spaces,
     )
 
 

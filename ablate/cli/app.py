@@ -166,12 +166,35 @@ def run(
     if not 0 <= storage_retry <= 86_400:  # also NaN
         raise fail(f"--storage-retry: {storage_retry:g} is not valid; use seconds from 0 (stop at the first storage error) "
                    "to 86400 (a day)")
+    _warn_overlap(s)
     if workers > 1:
         _run_workers(s, study, storage, workers, device, threads)
     else:
         _run_here(s, storage, device, data_dir, checkpoint_dir, grace_period, retry_failed, fuse_runs, threads, storage_retry)
     if not no_report:
         _finish(s, storage)
+
+
+def _warn_overlap(s: Study) -> None:
+    """Before a run of several [[space]] tables: one warning line naming the spaces whose MACs
+    ranges (from each space's cheapest and priciest candidates, measured on the meta device)
+    overlap too little to compare at equal complexity. The report says it again from the samples."""
+    if len(s.spaces) < 2:
+        return
+    from ablate.analysis.spaces import overlap_warning
+    from ablate.engine.models import measure
+    from ablate.spec.recipe import input_info
+
+    info = input_info(s.info, s.recipe)
+    ranges = {}
+    for space in s.spaces:
+        macs = [measure(spec, info)[1] for spec in [*space.cheapest_candidates(), *space.priciest_candidates()]]
+        if not macs:
+            return  # too many candidates to measure before the run; the report checks the samples
+        ranges[space.name] = (float(min(macs)), float(max(macs)))
+    line = overlap_warning(ranges)
+    if line is not None:
+        err.print(Text("warning: ", style="yellow") + Text(line), highlight=False, soft_wrap=True)
 
 
 def _run_workers(s: Study, path: Path, storage: str, workers: int, device: str, threads: int | None) -> None:

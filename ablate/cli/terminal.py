@@ -37,6 +37,18 @@ def print_summary(results: StudyResults, title: str) -> None:
     for note in results.notes:
         err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     print_verdicts(results)
+    print_spaces(results)
+
+
+def print_spaces(results: StudyResults) -> None:
+    """Design spaces compared (two or more [[space]] tables): the report's sentences, one per pair."""
+    if results.spaces is None:
+        return
+    out = console()
+    out.print(Text("Design spaces (complexity-normalised EDFs, weighted KS, permutations within bins, Holm-corrected):",
+                   style="bold"))
+    for line in [*results.spaces.sentences, *(f"warning: {w}" for w in results.spaces.warnings)]:
+        out.print(Text(f"  {line}"))
 
 
 def _print_search(results: StudyResults, title: str) -> None:

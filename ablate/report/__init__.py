@@ -3,6 +3,7 @@
     figures   plotly figures of finished tables
     search    the "Architecture search" section: its figures and finalists
     page      the self-contained page: render(results), write_report(name, storage)
+    spaces    the "Design spaces" section: several [[space]] tables compared
     export    `ablate export`: the tables as CSV or Parquet
 """
 

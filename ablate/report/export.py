@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ablate.analysis.frames import ReportError
 from ablate.analysis.results import StudyResults, load_results
+from ablate.analysis.spaces import EDF_COLUMNS, SPACES_COLUMNS
 from ablate.report.page import default_path
 from ablate.spec.paths import usable_dir
 
@@ -17,7 +18,7 @@ EXPORT_FORMATS = ("csv", "parquet")
 def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str = "csv") -> list[Path]:
     """Write the per-trial, per-epoch and per-variant tables, the findings and the per-point
     training curves of a study as `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings`,
-    `-points` in `out_dir` (`~` expanded, created when missing); returns the paths (parquet
+    `-points` (and, for a search, `-samples`; for two or more spaces `-spaces` and `-edf`) in `out_dir` (`~` expanded, created when missing); returns the paths (parquet
     through pyarrow, a dependency)."""
     if fmt not in EXPORT_FORMATS:
         raise ReportError(f"format: {fmt!r} is not valid; use one of {', '.join(EXPORT_FORMATS)}")
@@ -31,6 +32,9 @@ def write_tables(results: StudyResults, out: Path, fmt: str = "csv") -> list[Pat
               "findings": results.findings_table, "points": results.points}
     if len(results.samples):  # an architecture search: one row per sampled architecture
         frames["samples"] = results.samples
+    if results.spaces is not None:  # design spaces compared: one row per pair, and the EDFs drawn
+        frames["spaces"] = results.spaces.tests[list(SPACES_COLUMNS)]
+        frames["edf"] = results.spaces.edf[list(EDF_COLUMNS)]
     paths = []
     for name, frame in frames.items():
         path = out / f"{stem}-{name}.{fmt}"

@@ -36,6 +36,7 @@ from ablate.analysis.verdicts import TRAIN_ERROR_MEANING, comparison_cells
 from ablate.report.search import search_section
 from ablate.report.figures import (CONFIG, FIG_HEIGHT, esc, fig_curves, fig_efficiency, fig_error_vs_depth,
                                    fig_gradient_flow, fig_iteration_curves, fig_pairs, fig_sensitivity, is_missing)
+from ablate.report.spaces import spaces_section
 from ablate.spec.paths import PathError, user_path
 from ablate.spec.variants import AXES
 from ablate.storage import flat
@@ -296,6 +297,7 @@ def _sections(data: StudyResults, figure: _Figure) -> list[tuple[str, str, str]]
         ("gradients", "Gradient flow", _gradients_section(data, figure)),
         ("pairs", "Paired comparisons and efficiency", _pairs_section(data, figure)),
         ("sensitivity", "Hyperparameter sensitivity", _sensitivity_section(data, figure)),
+        ("spaces", "Design spaces", spaces_section(data.spaces, figure)),
         ("variants", "Every variant", _variants_table(data) if len(data.summary) else ""),
         ("failures", "Failures", _failures_html(data) if failed else ""),
         ("provenance", "Provenance", _provenance_html(data)),

@@ -9,6 +9,7 @@ variant's search still samples and prunes against its own trials alone (`PerVari
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import warnings
 from typing import Any
@@ -24,7 +25,7 @@ from ablate.spec.recipe import Recipe, input_info, recipe_dict
 from ablate.spec.study import Study, definition, growth
 
 __all__ = ["space_distributions", "directions", "metric_names", "TrialSeeded", "distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest", "sampler_for", "pruner_for",
-           "PerVariantSampler", "PerVariantPruner", "same_variant", "create_or_check", "study_attrs"]
+           "PerVariantSampler", "PerVariantPruner", "PerSpaceSampler", "axis_value", "same_variant", "create_or_check", "study_attrs"]
 
 
 # ---------------------------------------------------------------- what a trial's params are
@@ -252,9 +253,79 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._for(trial).after_trial(study, trial, state, values)
 
 
+class PerSpaceSampler(optuna.samplers.BaseSampler):
+    """Draws each sample's axes from its own [[space]] alone, at random or from the space's own
+    scrambled Sobol sequence (`qmc`), without looking at any error: what a comparison of design
+    spaces by their error distributions needs (Radosavovic et al. 2019 sample each space at random).
+
+    One Optuna study holds every space, so a param spans the values of all spaces (one
+    distribution per name): Optuna's own samplers would draw a plain space's `connection` from
+    the residual space's values too. Optuna's `QMCSampler` is not used for `qmc`: its search
+    space is the study's first trial's (one for all spaces), its point counter is a study-wide
+    system attribute incremented without a lock (two workers can draw one point), and in Optuna
+    5.0 it does not fall back to independent sampling for categorical params (as the 3.x docs
+    suggest) but maps each to a pseudo-float dimension [0, n) of the Sobol point, which is what
+    this class does too. Here a trial's point is the i-th of its space's sequence, i = the
+    number of that space's earlier sample trials: resumable, the same on every worker, and an
+    infeasible or duplicate draw moves on to the next point. Sobol points are balanced in
+    powers of two: a `count` of 16, 32 or 64 spreads each space best."""
+
+    def __init__(self, study: Study):
+        assert study.sample is not None
+        self._spaces = {s.name: s for s in study.spaces}
+        self._index = {s.name: i for i, s in enumerate(study.spaces)}
+        self._space_of = {u.key: u.space for u in study_units(study)}
+        self._seed, self._qmc = study.sample.seed, study.sample.sampler == "qmc"
+        self._points: dict[int, Any] = {}
+
+    def infer_relative_search_space(self, study, trial):  # noqa: D102 (each axis drawn in sample_independent)
+        return {}
+
+    def sample_relative(self, study, trial, search_space):  # noqa: D102
+        return {}
+
+    def _point(self, study: optuna.Study, trial: FrozenTrial, space: str) -> Any:
+        """The trial's point in [0, 1)^axes: a Sobol point of its space's sequence, or uniform."""
+        if trial.number not in self._points:
+            import numpy as np
+            from scipy.stats import qmc
+
+            dims = len(self._spaces[space].axes)
+            seed = np.random.SeedSequence([self._seed, self._index[space]])
+            if self._qmc:
+                earlier = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                              and self._space_of.get(S.TrialAttrs.read(t.user_attrs).unit or "") == space)
+                engine = qmc.Sobol(dims, scramble=True, seed=np.random.default_rng(seed))
+                if earlier:
+                    engine.fast_forward(earlier)
+                self._points = {trial.number: engine.random(1)[0]}
+            else:
+                rng = np.random.default_rng(np.random.SeedSequence([self._seed, self._index[space], trial.number]))
+                self._points = {trial.number: rng.random(dims)}
+        return self._points[trial.number]
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
+        space = self._space_of[S.TrialAttrs.read(trial.user_attrs).unit]
+        axes = self._spaces[space].axes
+        j = next(i for i, a in enumerate(axes) if a.key == param_name)
+        return axis_value(axes[j], float(self._point(study, trial, space)[j]))
+
+
+def axis_value(axis: Any, u: float) -> Any:
+    """The value of a space's axis at u in [0, 1): a choice, or an integer of the range (uniform
+    in log scale when `log`, as Optuna's IntDistribution draws: over [low - 0.5, high + 0.5])."""
+    if not axis.is_range:
+        return axis.choices[min(int(u * len(axis.choices)), len(axis.choices) - 1)]
+    lo, hi = axis.low - 0.5, axis.high + 0.5
+    x = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if axis.log else lo + u * (hi - lo)
+    return int(min(max(round(x), axis.low), axis.high))
+
+
 def _space_sampler(study: Study) -> optuna.samplers.BaseSampler:
     sample = study.sample
     assert sample is not None
+    if sample.sampler == "qmc" or len(study.spaces) > 1:
+        return PerSpaceSampler(study)
     startup = max(2, sample.count // 3)
     with warnings.catch_warnings():  # constant_liar is experimental in Optuna; it is what parallel workers need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -11,7 +11,7 @@ reads and checks the tables; sampling and training are `ablate.runs`'s.
     width = { low = 4, high = 32, log = true } # a range; integers for integer axes
     [sample]
     count = 24                                 # architectures trained per space (infeasible ones do not count)
-    sampler = "tpe"                            # random | tpe | nsga2
+    sampler = "tpe"                            # random | tpe | nsga2 | qmc (random by default with several spaces)
     objectives = ["val_error", "macs"]         # an error, optionally macs or params
     max_macs = 30e6                            # an architecture over it is never trained
     max_params = 1e6
@@ -31,9 +31,12 @@ from ablate.spec import limits
 from ablate.spec.variants import AXES, VariantSpec, make_variant
 
 __all__ = ["SpaceAxis", "Space", "Sample", "SpaceError", "parse_spaces", "parse_sample", "pareto_front",
-           "SAMPLE_SAMPLERS", "SAMPLE_PRUNERS", "SECOND_OBJECTIVES", "DEFAULT_FINALISTS"]
+           "SAMPLE_SAMPLERS", "UNBIASED_SAMPLERS", "SAMPLE_PRUNERS", "SECOND_OBJECTIVES", "DEFAULT_FINALISTS"]
 
-SAMPLE_SAMPLERS = ("random", "tpe", "nsga2")
+SAMPLE_SAMPLERS = ("random", "tpe", "nsga2", "qmc")
+#: Samplers that draw without regard to the errors seen: what comparing spaces by their error
+#: distributions needs (Radosavovic et al. 2019 sample each space at random).
+UNBIASED_SAMPLERS = ("random", "qmc")
 SAMPLE_PRUNERS = ("none", "median", "hyperband", "asha")
 SECOND_OBJECTIVES = ("macs", "params")
 SAMPLE_KEYS = ("count", "sampler", "objectives", "max_macs", "max_params", "pruner", "seed", "finalists")
@@ -76,6 +79,13 @@ class SpaceAxis:
             return (self.low,)
         return (min(self.choices),) if self.key in MONOTONE_AXES else self.choices
 
+    def priciest(self) -> tuple[Any, ...]:
+        """The values the largest architecture may take on this axis: a range's high end, the
+        greatest of a list of depths, or every choice of a categorical axis."""
+        if self.is_range:
+            return (self.high,)
+        return (max(self.choices),) if self.key in MONOTONE_AXES else self.choices
+
 
 @dataclass(frozen=True)
 class Space:
@@ -109,7 +119,13 @@ class Space:
     def cheapest_candidates(self, most: int = 512) -> list[VariantSpec]:
         """Valid architectures at every range's low end and every choice (at most `most`; none
         if there would be more): the smallest one the space holds is among them."""
-        options = [a.cheapest() for a in self.axes]
+        return self._candidates([a.cheapest() for a in self.axes], most)
+
+    def priciest_candidates(self, most: int = 512) -> list[VariantSpec]:
+        """As `cheapest_candidates`, at every range's high end: the largest one is among them."""
+        return self._candidates([a.priciest() for a in self.axes], most)
+
+    def _candidates(self, options: list[tuple[Any, ...]], most: int) -> list[VariantSpec]:
         if math.prod(len(o) for o in options) > most:
             return []
         out = []
@@ -258,9 +274,12 @@ def parse_sample(table: Any, spaces: int) -> Sample:
     if count * spaces > limits.MAX_SAMPLES:
         raise SpaceError(f"sample.count: {limits.shown(count)} x {spaces} spaces is too many; "
                          f"use at most {limits.MAX_SAMPLES} in all ({limits.SAMPLES_REASON})")
-    sampler = table.get("sampler", "tpe")
+    sampler = table.get("sampler", "tpe" if spaces == 1 else "random")
     if sampler not in SAMPLE_SAMPLERS:
         raise SpaceError(f"sample.sampler: {sampler!r} is not valid; use one of {', '.join(SAMPLE_SAMPLERS)}")
+    if spaces > 1 and sampler not in UNBIASED_SAMPLERS:
+        raise SpaceError(f"sample.sampler: {sampler!r} cannot compare {spaces} spaces: it favours the good regions of each "
+                         "space, so their error distributions would not be those of random models; use \"random\" or \"qmc\"")
     objectives = _objectives(table.get("objectives", ["val_error"]))
     pruner = table.get("pruner", "none")
     if pruner not in SAMPLE_PRUNERS:
@@ -268,6 +287,12 @@ def parse_sample(table: Any, spaces: int) -> Sample:
     if pruner != "none" and len(objectives) > 1:
         raise SpaceError(f"sample.pruner: {pruner!r} cannot prune a multi-objective search (Optuna's pruners compare one "
                          "value per epoch); set pruner = \"none\" or objectives = [\"val_error\"]")
+    if pruner != "none" and (spaces > 1 or sampler == "qmc"):
+        why = ("a pruned model's error is of a shorter training, so the spaces' error distributions would not be those of "
+               "fully trained random models" if spaces > 1 else
+               "qmc counts its points over the study's trials, which Optuna's Hyperband splits into brackets")
+        used = f"{spaces} spaces" if spaces > 1 else 'sampler = "qmc"'
+        raise SpaceError(f"sample.pruner: {pruner!r} cannot be used with {used}: {why}; set pruner = \"none\"")
     budget = {k: _budget(k, table.get(k)) for k in ("max_macs", "max_params")}
     seed = table.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= limits.MAX_SEED:
