@@ -16,8 +16,8 @@ import pandas as pd
 from ablate.analysis import frames as F
 from ablate.analysis import summary as SU
 from ablate.analysis.search import SearchResults, search_results
-from ablate.analysis.spaces import SpacesAnalysis, analyse_spaces
-from ablate.analysis.verdicts import PAIR_QUESTIONS, Finding, findings_table, recipes_of, samples, verdicts
+from ablate.analysis.spaces import SpacesAnalysis, analyse_spaces, corrected_spaces
+from ablate.analysis.verdicts import PAIR_QUESTIONS, Finding, findings_table, joint_holm, recipes_of, samples, verdicts
 from ablate.storage import StudyAttrs, safe_url
 
 __all__ = ["Family", "PairTable", "StudyResults", "collect", "load_results"]
@@ -138,11 +138,16 @@ def collect(study: optuna.Study, storage: str = "") -> StudyResults:
     searched = SU.searched_keys(attrs, trials)
     summary = SU.variant_summary(trials, attrs.variants, searched)
     search = search_results(study, trials)
-    findings = verdicts(summary, str(attrs.dataset or ""), samples(trials, recipes_of(study)),
-                        finalists=search.finalists["variant"].tolist() if search.is_search and len(search.finalists) else None)
-    notes = list(dict.fromkeys(trials.attrs.get("notes", [])))
     sampled = search.samples
     spaces = analyse_spaces(sampled) if len(sampled) and sampled["space"].nunique() >= 2 else None
+    # Holm across every comparison of the report: the findings' tests and the design spaces' alike.
+    spaces_p = spaces.tests["p_value"].tolist() if spaces is not None and len(spaces.tests) else []
+    findings = verdicts(summary, str(attrs.dataset or ""), samples(trials, recipes_of(study)),
+                        finalists=search.finalists["variant"].tolist() if search.is_search and len(search.finalists) else None,
+                        extra_p=spaces_p)
+    if spaces_p:
+        spaces = corrected_spaces(spaces, joint_holm(findings, spaces_p))
+    notes = list(dict.fromkeys(trials.attrs.get("notes", [])))
     return StudyResults(
         study.study_name, attrs, safe_url(storage) if storage else "", trials, epochs, points, summary, findings, searched,
         families=_families(summary, epochs, points), pairs=_pairs(summary),

@@ -22,11 +22,13 @@ facebookresearch/nds plot those EDFs, and the nds notebooks test only unweighted
   (exact level for any P). A within-bin permutation keeps every bin's count per space, so the
   normalisation's weights are those of the observed data and need no recomputation per
   permutation (tests/test_spaces.py checks this against recomputing them by brute force).
-  Holm's correction (ablate.analysis.stats.holm) runs across every pair of spaces.
+  Holm's correction (ablate.analysis.stats.holm) runs across every pair of spaces; in a report,
+  together with the verdict's other tests (ablate.analysis.results: corrected_spaces, joint_holm).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from ablate.analysis.format import human, p_text, pct
 
 __all__ = ["COMPLEXITY_BINS", "PERMUTATIONS", "BOOTSTRAPS", "MIN_OVERLAP", "SPACE_TEST", "SPACES_COLUMNS", "EDF_COLUMNS",
            "SpacesAnalysis", "bin_edges", "bin_of", "space_bins", "bin_weights", "kish", "weighted_edf", "best_of_m", "ks_distance",
-           "permutation_pvalues", "permutation_test", "samples_needed", "dominance", "analyse_spaces", "overlap_warning"]
+           "permutation_pvalues", "permutation_test", "samples_needed", "dominance", "analyse_spaces", "corrected_spaces", "overlap_warning"]
 
 COMPLEXITY_BINS = 10  #: k, the bins of the complexity normalisation (Radosavovic et al. 2019)
 PERMUTATIONS = 2000  #: permutations of the space labels per test
@@ -362,6 +364,17 @@ def analyse_spaces(samples: pd.DataFrame, complexity: str = "macs", error: str =
     return SpacesAnalysis(complexity, error, points, bin_table, pd.concat(edf_rows, ignore_index=True),
                           pd.concat(best_rows, ignore_index=True), tests, [_sentence(r) for _, r in tests.iterrows()],
                           [w for w in [warn, *notes] if w])
+
+
+def corrected_spaces(analysis: SpacesAnalysis, p_adjusted: list[float]) -> SpacesAnalysis:
+    """The analysis with its tests' Holm-adjusted p-values replaced by those of the report's whole
+    family (ablate.analysis.verdicts.joint_holm), `real` and the sentences following them."""
+    tests = analysis.tests.copy()
+    if not len(tests):
+        return analysis
+    tests["p_adjusted"] = p_adjusted
+    tests["real"] = tests["p_adjusted"] < stats.ALPHA
+    return dataclasses.replace(analysis, tests=tests, sentences=[_sentence(r) for _, r in tests.iterrows()])
 
 
 def _tests(names: list[str], e: dict, bins: dict, weights: dict, norm_edf: dict, grid: np.ndarray, n_perm: int,

@@ -125,9 +125,10 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[fl
     return float(x.mean()) - half, float(x.mean()) + half
 
 
-def correct(tests: Sequence[Test], alpha: float = ALPHA) -> list[Test]:
-    """The tests with Holm-corrected p-values and `real` set (corrected p < alpha)."""
-    adjusted = holm([t.p_value for t in tests])
+def correct(tests: Sequence[Test], alpha: float = ALPHA, extra_p: Sequence[float] = ()) -> list[Test]:
+    """The tests with Holm-corrected p-values and `real` set (corrected p < alpha); `extra_p`,
+    other p-values of the same report, join the family (their adjusted values are not returned)."""
+    adjusted = holm([t.p_value for t in tests] + list(extra_p))[: len(tests)]
     return [replace(t, p_adjusted=p, real=bool(not math.isnan(p) and p < alpha)) for t, p in zip(tests, adjusted)]
 
 

@@ -26,7 +26,7 @@ from ablate.spec.recipe import DATA_ORDER_KEYS
 from ablate.storage import TrialAttrs
 
 __all__ = ["Answer", "compare", "Comparison", "Finding", "Samples", "samples", "recipes_of", "test_words", "verdicts",
-           "pair_axis", "comparison_brief", "comparison_cells", "FINDING_COLUMNS", "findings_table", "METRIC_LABELS", "TRAIN_ERROR_MEANING", "PAIR_TOPICS"]
+           "pair_axis", "joint_holm", "comparison_brief", "comparison_cells", "FINDING_COLUMNS", "findings_table", "METRIC_LABELS", "TRAIN_ERROR_MEANING", "PAIR_TOPICS"]
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -440,14 +440,16 @@ def _finalists_question(summary: pd.DataFrame, finalists: list[str], smp: Sample
 
 
 def verdicts(summary: pd.DataFrame, dataset: str = "", smp: Samples | None = None,
-             finalists: list[str] | None = None) -> list[Finding]:
+             finalists: list[str] | None = None, extra_p: list[float] | None = None) -> list[Finding]:
     """The study's answers, family by family: degradation of plain nets, its removal by
     shortcuts, pre- vs post-activation at equal depth, bottleneck vs basic per parameter and MAC;
     and, for an architecture search, whether its best `finalists` is better than the others.
     Questions a study cannot ask (no plain nets, one depth, no pairs) give no finding.
 
     `smp`: the final runs' per-seed values (`samples(trials)`); every comparison of every
-    finding is tested on them and Holm-corrected together (ablate.stats)."""
+    finding is tested on them and Holm-corrected together (ablate.stats). `extra_p`: the
+    report's other p-values (design spaces compared), corrected in the same family, after these:
+    `joint_holm` gives their adjusted values."""
     if summary.empty:
         return []
     smp = smp or Samples({}, {})
@@ -477,10 +479,17 @@ def verdicts(summary: pd.DataFrame, dataset: str = "", smp: Samples | None = Non
             questions.append(q)
     # Holm across every comparison of the report, then answer each question from its corrected tests.
     flat = [c for q in questions for c in q.comparisons]
-    corrected = iter(stats.correct([c.test for c in flat]))
+    corrected = iter(stats.correct([c.test for c in flat], extra_p=list(extra_p or ())))
     for q in questions:
         q.comparisons[:] = [dataclasses.replace(c, test=next(corrected)) for c in q.comparisons]
     return [q.answer(q.comparisons) for q in questions]
+
+
+def joint_holm(findings: list[Finding], extra_p: list[float]) -> list[float]:
+    """The Holm-adjusted values of `extra_p`, corrected together with every comparison of
+    `findings` as `verdicts(..., extra_p=extra_p)` corrected them (the findings' tests first)."""
+    own = [c.p_value for f in findings for c in f.comparisons]
+    return stats.holm(own + list(extra_p))[len(own):]
 
 
 FINDING_COLUMNS = ("topic", "family", "question", "answer", "metric", "a", "b", "a_mean", "a_std", "a_n",
