@@ -16,6 +16,7 @@ import pandas as pd
 from ablate.analysis import frames as F
 from ablate.analysis import summary as SU
 from ablate.analysis.search import samples_table
+from ablate.analysis.why import Why, why_tables
 from ablate.analysis.verdicts import PAIR_QUESTIONS, Finding, findings_table, recipes_of, samples, verdicts
 from ablate.storage import StudyAttrs, safe_url
 
@@ -72,6 +73,8 @@ class StudyResults:
     notes: list[str] = field(default_factory=list)  # one line each: stored values that could not be used
     #: an architecture search: one row per sampled architecture (ablate.analysis.search); else empty
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the final runs' diagnostics (ablate.analysis.why): the report's "Why" section and the export's init, lesion, landscape
+    why: Why | None = None
 
     @property
     def dataset(self) -> str:
@@ -140,6 +143,7 @@ def collect(study: optuna.Study, storage: str = "") -> StudyResults:
         families=_families(summary, epochs, points), pairs=_pairs(summary),
         sensitivity=SU.sensitivity(trials, searched) if searched else pd.DataFrame(),
         failures=SU.failures(trials) if len(trials) else pd.DataFrame(), notes=notes, samples=samples_table(study),
+        why=why_tables(study, trials),
     )
 
 

@@ -17,7 +17,7 @@ EXPORT_FORMATS = ("csv", "parquet")
 def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str = "csv") -> list[Path]:
     """Write the per-trial, per-epoch and per-variant tables, the findings and the per-point
     training curves of a study as `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings`,
-    `-points` in `out_dir` (`~` expanded, created when missing); returns the paths (parquet
+    `-points` in `out_dir` (and `-init`, `-lesion`, `-landscape` where final runs have diagnostics) (`~` expanded, created when missing); returns the paths (parquet
     through pyarrow, a dependency)."""
     if fmt not in EXPORT_FORMATS:
         raise ReportError(f"format: {fmt!r} is not valid; use one of {', '.join(EXPORT_FORMATS)}")
@@ -31,6 +31,9 @@ def write_tables(results: StudyResults, out: Path, fmt: str = "csv") -> list[Pat
               "findings": results.findings_table, "points": results.points}
     if len(results.samples):  # an architecture search: one row per sampled architecture
         frames["samples"] = results.samples
+    why = results.why
+    if why is not None:  # the final runs' diagnostics, where they were measured
+        frames.update({k: f for k, f in (("init", why.init), ("lesion", why.lesion), ("landscape", why.landscape)) if len(f)})
     paths = []
     for name, frame in frames.items():
         path = out / f"{stem}-{name}.{fmt}"

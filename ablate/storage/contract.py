@@ -186,6 +186,8 @@ class TrialAttrs:
     images_per_second: float | None = _key("images_per_second")
     seconds: float | None = _key("seconds")
     resumed_from: int | None = _key("resumed_from")
+    #: a final run's "why" measurements (ablate.engine.diagnostics): {"settings", "init", "lesion", "landscape", "error"}
+    diagnostics: dict[str, Any] | None = _key("diagnostics")
     # how it ended, when not well (ablate.outcomes)
     failure: str | None = _key("failure")
     failure_kind: str | None = _key("failure_kind")
