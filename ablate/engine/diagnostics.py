@@ -112,52 +112,80 @@ def _units(model: nn.Module) -> list[tuple[str, Unit]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, Unit)]
 
 
+class _Spp:
+    """Forward hooks that record Brock et al.'s statistics of every block while they are set."""
+
+    def __init__(self, model: nn.Module):
+        self.units = _units(model)
+        self.sums = {name: [0.0, 0.0, 0.0] for name, _ in self.units}
+        self.passes = 0
+        self.handles: list[Any] = []
+        for name, unit in self.units:
+            self.handles += [unit.register_forward_hook(lambda _m, _i, out, name=name: self._out(name, out)),
+                             unit.body.register_forward_hook(lambda _m, _i, out, name=name: self._branch(name, out))]
+
+    def _out(self, name: str, out: torch.Tensor) -> None:
+        sq, var = _channel_stats(out)
+        self.sums[name][0] += sq
+        self.sums[name][1] += var
+        self.passes += name == self.units[-1][0]
+
+    def _branch(self, name: str, out: torch.Tensor) -> None:
+        self.sums[name][2] += _channel_stats(out)[1]
+
+    def result(self) -> list[dict[str, Any]]:
+        for h in self.handles:
+            h.remove()
+        n = max(1, self.passes)
+        return [{"block": name, "index": i, "mean_sq": s[0] / n, "variance": s[1] / n, "branch_variance": s[2] / n}
+                for i, (name, _), s in zip(range(1, len(self.units) + 1), self.units, self.sums.values())]
+
+
 def signal_propagation(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
     """Per block: its output's average squared channel mean and average channel variance, and the
     variance of its residual branch (the body's output), averaged over chunks, batch norm in
     training mode (as at the start of training)."""
-    units = _units(model)
-    sums = {name: [0.0, 0.0, 0.0] for name, _ in units}
-    handles = []
-    for name, unit in units:
-        def out_hook(_m, _i, out, name=name):
-            sq, var = _channel_stats(out)
-            sums[name][0] += sq
-            sums[name][1] += var
-
-        def body_hook(_m, _i, out, name=name):
-            sums[name][2] += _channel_stats(out)[1]
-
-        handles += [unit.register_forward_hook(out_hook), unit.body.register_forward_hook(body_hook)]
+    spp = _Spp(model)
     model.train()
-    n = 0
     try:
         with torch.no_grad():
             for (cx,) in _chunks(x):
                 model(cx)
-                n += 1
     finally:
-        for h in handles:
-            h.remove()
-    return [{"block": name, "index": i, "mean_sq": s[0] / n, "variance": s[1] / n, "branch_variance": s[2] / n}
-            for i, (name, _), s in zip(range(1, len(units) + 1), units, sums.values())]
+        blocks = spp.result()
+    return blocks
+
+
+def _bns(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
 
 
 def calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
     """Batch-norm running statistics measured on real images (their exact average over chunks:
     momentum None), then eval mode; the model's weights are untouched."""
-    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for (cx,) in _chunks(x):
-            model(cx)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
+    with _measuring_bn(model):
+        model.train()
+        with torch.no_grad():
+            for (cx,) in _chunks(x):
+                model(cx)
     model.eval()
+
+
+class _measuring_bn:
+    """While set, batch norm's running statistics become the average of the batches seen (from scratch)."""
+
+    def __init__(self, model: nn.Module):
+        self.bns = _bns(model)
+
+    def __enter__(self) -> None:
+        self.saved = [m.momentum for m in self.bns]
+        for m in self.bns:
+            m.reset_running_stats()
+            m.momentum = None
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mom in zip(self.bns, self.saved):
+            m.momentum = mom
 
 
 def gradient_autocorrelation(grads: torch.Tensor, max_lag: int) -> list[float]:
@@ -214,9 +242,16 @@ def at_init(spec: VariantSpec, recipe: Recipe, data: Splits, seed: int, settings
     gen = torch.Generator().manual_seed(seed + _SEED_OFFSET)
     images, labels = _probe(data.train, settings.images, gen)
     x = _inputs(images, data.info, recipe)
-    out = {"layers": layer_grad_norms(model, x, labels), "blocks": signal_propagation(model, x)}
+    # One pass does three things: the gradient norms, the block statistics (hooks) and the running
+    # statistics for the shattered gradients (batch norm in training mode sees the real images).
+    spp = _Spp(model)
+    try:
+        with _measuring_bn(model):
+            out = {"layers": layer_grad_norms(model, x, labels)}
+    finally:
+        out["blocks"] = spp.result()
     model.zero_grad(set_to_none=True)
-    calibrate_bn(model, x)
+    model.eval()
     out["shattered"] = shattered_gradients(model, x, labels, settings.images, gen)
     return _finite(out)
 

@@ -5,7 +5,7 @@
     lesion = true      # after training: the block lesion (Veit et al. 2016)
     landscape = "1d"   # none | 1d | 2d: loss along filter-normalised directions (Li et al. 2018), and the
                        # interpolation from the initial to the final weights (Goodfellow et al. 2015)
-    images = 128       # examples each measurement uses
+    images = 64        # examples each measurement uses
 
 Not part of the study's stored definition: the diagnostics measure a trained network and change
 nothing that is trained, so changing them never makes "a different study". Each final run stores
@@ -20,11 +20,12 @@ from typing import Any
 from ablate.spec.limits import DIAGNOSTIC_IMAGES_REASON, MAX_DIAGNOSTIC_IMAGES, shown
 
 LANDSCAPES = ("none", "1d", "2d")
-#: Examples each measurement uses by default. Sized on the quick study (docs/benchmarks.md,
-#: "Diagnostics"): with 128 examples all the default measurements of a final run cost a few percent
-#: of its training (docs/benchmarks.md), and 128 still tells a block lesion's chance-level error from
-#: a residual net's small increase (a standard error of about 4 points).
-DEFAULT_IMAGES = 128
+#: Examples each measurement uses by default, sized on the quick study (docs/benchmarks.md,
+#: "Diagnostics"): its wall time may grow by at most 15%, and its final runs train on 2,048 images
+#: for 3 epochs, so every pass over the probe images counts. 64 still tells a lesion's
+#: chance-level error from a residual net's few points (a standard error of about 6 points a seed,
+#: averaged over seeds). A GPU study can afford 512 or more (`images = 512`).
+DEFAULT_IMAGES = 64
 MIN_IMAGES = 8  # a line of 8 inputs still has lags 1..4; fewer says nothing
 
 
