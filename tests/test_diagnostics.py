@@ -137,6 +137,17 @@ def test_the_1d_slice_at_zero_is_the_models_loss_and_the_model_is_restored():
     assert pts[0]["loss"] != pts[len(pts) // 2]["loss"]
 
 
+def test_the_2d_slice_is_a_grid_whose_centre_is_the_models_loss():
+    model = _net("residual", depth=8)
+    x, y = _batch(16)
+    D.calibrate_bn(model, x)
+    gen = torch.Generator().manual_seed(0)
+    d1, d2 = D.filter_normalized_direction(model.state_dict(), gen), D.filter_normalized_direction(model.state_dict(), gen)
+    pts = D.landscape_2d(model, x, y, d1, d2)
+    assert len(pts) == len(D.ALPHAS_2D) ** 2
+    assert next(p["loss"] for p in pts if p["alpha"] == 0 and p["beta"] == 0) == D.loss_of(model, x, y)
+
+
 def test_the_interpolations_ends_are_the_two_models_losses():
     start_model, end_model = _net("residual", seed=0), _net("residual", seed=1)
     x, y = _batch()
