@@ -301,7 +301,7 @@ def test_the_quick_studys_diagnostics_tables_and_why_section(quick_run, tmp_path
     init = pd.read_csv(tmp_path / "quick-init.csv")
     assert set(init["kind"]) == {"layer", "block", "lag"} and {"grad_norm", "mean_sq", "variance", "correlation"} <= set(init.columns)
     land = pd.read_csv(tmp_path / "quick-landscape.csv")
-    assert set(land["kind"]) == {"1d", "interpolation"} and land.groupby(["variant", "seed", "kind"]).size().min() >= 9
+    assert set(land["kind"]) == {"1d", "interpolation"} and land.groupby(["variant", "seed", "kind"]).size().min() >= 7
     page = render(results)
     assert '<section id="why">' in page and page.index('id="verdict"') < page.index('id="why"')
     assert len(why.readings) == 4 and all(r.split(":")[0] in page or r[:40] in page for r in why.readings)

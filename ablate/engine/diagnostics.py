@@ -54,11 +54,12 @@ __all__ = ["at_init", "after_training", "layer_grad_norms", "signal_propagation"
 #: Inputs per line of the shattered-gradient measurement (Balduzzi et al. use 256 on a 1-D input);
 #: `images` inputs make images // LINE_POINTS lines, each between two real images.
 LINE_POINTS = 128
-#: Li et al. 2018 plot [-1, 1] (51 points); 9 points (0 among them, exactly) keep the 1-D slice cheap.
-ALPHAS_1D = tuple(i / 4 - 1 for i in range(9))
+#: Li et al. 2018 plot [-1, 1] (51 points); 7 points in thirds (0 among them, exactly) keep the 1-D
+#: slice cheap enough for the quick study (docs/benchmarks.md, "Diagnostics").
+ALPHAS_1D = tuple(i / 3 - 1 for i in range(7))
 ALPHAS_2D = tuple(i / 3 - 1 for i in range(7))  # 7 x 7 = 49 passes: sized for a GPU
-#: Goodfellow et al. 2015 go a little past both ends; here 0 (initial) to 1 (final) in eighths, both ends exact.
-INTERPOLATION = tuple(i / 8 for i in range(9))
+#: Goodfellow et al. 2015 go a little past both ends; here 0 (initial) to 1 (final) in sixths, both ends exact.
+INTERPOLATION = tuple(i / 6 for i in range(7))
 _CHUNK = 128  # examples per forward (and backward) pass: a batch-norm batch at init, memory elsewhere
 _SEED_OFFSET = 7919  # the diagnostics' generator: seeded from the run's seed, apart from training's streams
 
