@@ -253,6 +253,7 @@ def _stopped(pid: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_the_diagnostics_resumes_them_without_training_again(tmp_path):
     study = tmp_path / "why.toml"
     study.write_text(TINY)
@@ -285,6 +286,7 @@ def test_a_run_killed_during_the_diagnostics_resumes_them_without_training_again
 # ---------------------------------------------------------------- the quick study: tables and the Why section
 
 
+@pytest.mark.slow
 def test_the_quick_studys_diagnostics_tables_and_why_section(quick_run, tmp_path):
     assert quick_run.result.returncode == 0, quick_run.result.stderr
     results = load_results("quick", quick_run.storage)
