@@ -209,6 +209,18 @@ def _pairs(summary: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     return sorted(out, key=lambda p: int(p[0]["depth"]))
 
 
+def _order(p: pd.Series, r: pd.Series, m: str) -> int:
+    """+1 when p's measure is clearly above r's (their 95% intervals over seeds do not overlap; a
+    conservative rule), -1 when clearly below, 0 when the seeds do not tell. With one seed a side
+    (no interval) the means decide."""
+    if not (np.isfinite(p[f"{m}_low"]) and np.isfinite(r[f"{m}_low"])):
+        return int(np.sign(p[f"{m}_mean"] - r[f"{m}_mean"]))
+    return 1 if p[f"{m}_low"] > r[f"{m}_high"] else -1 if p[f"{m}_high"] < r[f"{m}_low"] else 0
+
+
+_UNCLEAR = "the seeds do not tell them apart (their 95% intervals overlap)"
+
+
 def _lag(r: pd.Series) -> str:
     v = r["lag_below_half_mean"]
     return ("beyond " if r["lag_censored"] else "") + f"{v:.3g}"
@@ -235,22 +247,25 @@ def readings(why: Why) -> list[str]:
         out.append(f"At initialisation the first layer of {p['variant']} gets a gradient {_ci(p, 'grad_first_over_last', lambda v: f'{v:.3g}')} "
                    f"times the last layer's ({r['variant']}: {r['grad_first_over_last_mean']:.3g} times), {verdict}.")
     if np.isfinite(p["lag_below_half_mean"]) and np.isfinite(r["lag_below_half_mean"]):
-        shattered = p["lag_below_half_mean"] < r["lag_below_half_mean"]
+        o = _order(p, r, "lag_below_half")
         out.append(f"{p['variant']}'s input-gradient correlation falls below 0.5 at a lag of {_lag(p)} inputs, "
                    f"{r['variant']}'s at {_lag(r)}: " + (
-                       "the plain net's gradients are more shattered, as Balduzzi et al. (2017) found." if shattered else
-                       "unlike Balduzzi et al. (2017), the plain net's gradients are not more shattered here."))
+                       "the plain net's gradients are more shattered, as Balduzzi et al. (2017) found." if o < 0 else
+                       f"{_UNCLEAR}, so this run neither confirms nor contradicts Balduzzi et al. (2017)." if o == 0 else
+                       "unlike Balduzzi et al. (2017), the plain net's gradients are less shattered here."))
     if np.isfinite(p["lesion_max_increase_mean"]) and np.isfinite(r["lesion_max_increase_mean"]):
-        ensemble = r["lesion_max_increase_mean"] < p["lesion_max_increase_mean"]
+        o = _order(p, r, "lesion_max_increase")
         out.append(f"Removing one block of {r['variant']} raises its test error by at most "
                    f"{_ci(r, 'lesion_max_increase', signed, ' points')} (mean over blocks {points(r['lesion_mean_increase_mean'])}); "
                    f"of {p['variant']}, by at most {_ci(p, 'lesion_max_increase', signed, ' points')} (mean {points(p['lesion_mean_increase_mean'])}): "
                    + ("the residual net tolerates lesions better, as Veit et al. (2016) found (its paths act like an ensemble)."
-                      if ensemble else "unlike Veit et al. (2016), the residual net does not tolerate lesions better here."))
+                      if o > 0 else f"{_UNCLEAR}; Veit et al. (2016) found the residual net far more tolerant." if o == 0 else
+                      "unlike Veit et al. (2016), the residual net tolerates lesions worse here."))
     if np.isfinite(p["landscape_rise_mean"]) and np.isfinite(r["landscape_rise_mean"]):
-        sharper = p["landscape_rise_mean"] > r["landscape_rise_mean"]
+        o = _order(p, r, "landscape_rise")
         out.append(f"One filter-normalised step from the final weights multiplies {p['variant']}'s training loss by "
                    f"{p['landscape_rise_mean']:.3g} and {r['variant']}'s by {r['landscape_rise_mean']:.3g}: "
                    + ("the plain net sits in a sharper region, as Li et al. (2018) show for ResNet-56 without shortcuts."
-                      if sharper else "unlike Li et al. (2018), the plain net's region is not sharper here."))
+                      if o > 0 else f"{_UNCLEAR}; Li et al. (2018) found the plain net's region far sharper." if o == 0 else
+                      "unlike Li et al. (2018), the plain net's region is smoother here."))
     return out
