@@ -2,7 +2,8 @@
 
 The pattern of etcd's gofail and FoundationDB's simulation: the code names its delicate moments
 (half a checkpoint written, a trial recorded but its checkpoint not yet removed, a report written
-but not yet in place, a unit's claim holding the database lock), and a test asks the process to stop at one. With `ABLATE_FAILPOINT=name`
+but not yet in place, a unit's claim holding the database lock, a final run's diagnostics computed
+but not yet stored), and a test asks the process to stop at one. With `ABLATE_FAILPOINT=name`
 (or `name:N`, the N-th time; several separated by commas) the process sends itself SIGSTOP when it gets there, and the test
 harness SIGKILLs it while it is stopped: a real kill of a real process, at a moment a timer could
 not hit. `storage-open` (just before a worker opens its storage) and `plan` (a worker has planned and is
@@ -17,7 +18,7 @@ import os
 import signal
 
 ENV = "ABLATE_FAILPOINT"
-POINTS = ("checkpoint-write", "trial-complete", "report-write", "storage-open", "plan", "claim")
+POINTS = ("checkpoint-write", "trial-complete", "report-write", "storage-open", "plan", "claim", "diagnostics")
 
 
 

@@ -482,7 +482,7 @@ def sections(page: str) -> list[str]:
 def test_report_has_every_section_when_the_study_fills_them(storage, tmp_path):
     path = report.write_report("everything", storage, tmp_path / "r" / "everything.html")
     page = path.read_text()
-    assert sections(page) == ["verdict", "curves", "depth", "gradients", "pairs", "sensitivity", "variants", "failures", "provenance"]
+    assert sections(page) == ["verdict", "why", "curves", "depth", "pairs", "sensitivity", "variants", "failures", "provenance"]
     assert "He et al. 2016, Table 6" in page and "diverged: loss became nan" in page and "interrupted" in page
     assert "still in progress" in page
     assert page.count("Plotly.newPlot(") == page.count('class="plotly-graph-div"') >= 7
@@ -831,9 +831,10 @@ def test_tables_of_a_real_run(real_run):
 def test_report_of_a_real_run_renders(real_run, browser, tmp_path):
     path = report.write_report("small", real_run, tmp_path / "report-small.html")
     page = path.read_text()
-    assert sections(page) == ["verdict", "curves", "depth", "gradients", "pairs", "sensitivity", "variants", "provenance"]
+    assert sections(page) == ["verdict", "why", "curves", "depth", "pairs", "sensitivity", "variants", "provenance"]
     figures = render_in(browser, path)
-    assert len(figures) == 5 and all(svgs and traces for _, svgs, traces in figures)
+    # 5, and the Why section's 5 (gradients, signal propagation, correlation, lesion, landscape)
+    assert len(figures) == 10 and all(svgs and traces for _, svgs, traces in figures)
     assert browser.errors() == [] and offline(browser) == []
     browser.screenshot(tmp_path / "report-small.png")
     artifact(tmp_path / "report-small.png")

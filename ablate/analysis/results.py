@@ -17,6 +17,7 @@ from ablate.analysis import frames as F
 from ablate.analysis import summary as SU
 from ablate.analysis.search import SearchResults, search_results
 from ablate.analysis.spaces import SpacesAnalysis, analyse_spaces, corrected_spaces
+from ablate.analysis.why import Why, why_tables
 from ablate.analysis.verdicts import PAIR_QUESTIONS, Finding, findings_table, joint_holm, recipes_of, samples, verdicts
 from ablate.storage import StudyAttrs, safe_url
 
@@ -76,6 +77,8 @@ class StudyResults:
     search: SearchResults = field(default_factory=SearchResults)
     #: two or more [[space]] tables: their error distributions compared (ablate.analysis.spaces); else None
     spaces: SpacesAnalysis | None = None
+    #: the final runs' diagnostics (ablate.analysis.why): the report's "Why" section and the export's init, lesion, landscape
+    why: Why | None = None
 
     @property
     def dataset(self) -> str:
@@ -154,6 +157,7 @@ def collect(study: optuna.Study, storage: str = "") -> StudyResults:
         sensitivity=SU.sensitivity(trials, searched) if searched else pd.DataFrame(),
         failures=SU.failures(trials) if len(trials) else pd.DataFrame(), notes=notes, samples=search.samples, search=search,
         spaces=spaces,
+        why=why_tables(study, trials),
     )
 
 

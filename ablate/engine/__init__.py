@@ -8,6 +8,8 @@ Imports no Optuna: it trains what it is given and reports each epoch through a c
     models      `build_model(spec, info, runs=K)`: one builder for every variant, fused or not
     train       `train`, `train_runs`: one run, or K runs fused into one network
     checkpoint  atomic, checksummed epoch checkpoints
+    diagnostics why deep plain nets fail: gradients, signal propagation and shattered gradients at
+                initialisation; the block lesion and the loss landscape after training
     bench       the engine's throughput against a seed-style DataLoader baseline
 
 Names are imported on first use (PEP 562), so `ablate --help` does not wait for torch.
@@ -25,6 +27,7 @@ _WHERE = {
     "train": "train", "train_runs": "train", "load_data": "train", "Epoch": "train", "Result": "train",
     "resolve_device": "train", "Precision": "train",
     "run_bench": "bench", "run_fuse_bench": "bench",
+    "at_init": "diagnostics", "after_training": "diagnostics",
 }
 
 __all__ = sorted(_WHERE)

@@ -18,7 +18,7 @@ EXPORT_FORMATS = ("csv", "parquet")
 def export_tables(study_name: str, storage: str, out_dir: str | Path, fmt: str = "csv") -> list[Path]:
     """Write the per-trial, per-epoch and per-variant tables, the findings and the per-point
     training curves of a study as `<study>-trials.<fmt>`, `-epochs`, `-variants`, `-findings`,
-    `-points` (and, for a search, `-samples`; for two or more spaces `-spaces` and `-edf`) in `out_dir` (`~` expanded, created when missing); returns the paths (parquet
+    `-points` (and, for a search, `-samples`; for two or more spaces `-spaces` and `-edf`; and `-init`, `-lesion`, `-landscape` where final runs have diagnostics) in `out_dir` (`~` expanded, created when missing); returns the paths (parquet
     through pyarrow, a dependency)."""
     if fmt not in EXPORT_FORMATS:
         raise ReportError(f"format: {fmt!r} is not valid; use one of {', '.join(EXPORT_FORMATS)}")
@@ -35,6 +35,9 @@ def write_tables(results: StudyResults, out: Path, fmt: str = "csv") -> list[Pat
     if results.spaces is not None:  # design spaces compared: one row per pair, and the EDFs drawn
         frames["spaces"] = results.spaces.tests[list(SPACES_COLUMNS)]
         frames["edf"] = results.spaces.edf[list(EDF_COLUMNS)]
+    why = results.why
+    if why is not None:  # the final runs' diagnostics, where they were measured
+        frames.update({k: f for k, f in (("init", why.init), ("lesion", why.lesion), ("landscape", why.landscape)) if len(f)})
     paths = []
     for name, frame in frames.items():
         path = out / f"{stem}-{name}.{fmt}"

@@ -14,8 +14,8 @@ from plotly.subplots import make_subplots
 from ablate.analysis.format import human, pct, seeds_text
 from ablate.analysis.papers import paper_error
 
-__all__ = ["esc", "is_missing", "layout", "FIG_HEIGHT", "fig_curves", "fig_iteration_curves", "fig_error_vs_depth",
-           "fig_gradient_flow", "fig_pairs", "fig_efficiency", "fig_sensitivity"]
+__all__ = ["esc", "is_missing", "FIG_HEIGHT", "fig_curves", "fig_iteration_curves", "fig_error_vs_depth",
+           "fig_gradient_flow", "fig_pairs", "fig_efficiency", "fig_sensitivity", "depth_colours", "layout"]
 
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 STAGE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
@@ -44,6 +44,11 @@ def _depth_colours(depths) -> dict[int, str]:
     return dict(zip(depths, cols))
 
 
+def depth_colours(depths) -> dict[int, str]:
+    """One colour per depth, as every figure of the report colours depths (ablate.report.why too)."""
+    return _depth_colours(depths)
+
+
 def _side_label(connection: str, shortcut: str) -> str:
     return "plain" if connection == "plain" else f"residual (option {shortcut})" if shortcut not in ("none", None) else "residual"
 
@@ -60,6 +65,11 @@ def layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> g
         legend={"orientation": "v", "x": 1.01, "y": 1}, hovermode="closest", **kw,
     )
     return fig
+
+
+def layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> go.Figure:
+    """The report's common layout (ablate.report.why draws with it too)."""
+    return _layout(fig, title, height, **kw)
 
 
 def _std(series: pd.Series) -> list[float | None]:

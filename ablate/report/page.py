@@ -4,9 +4,11 @@ Reads only the storage (docs/storage.md), so it works on a study still running o
 other machines. Every table comes finished from `ablate.analysis` (`StudyResults`, tested
 without drawing); `ablate.report.figures` draws them with plotly and this module assembles the page:
 
-    1 verdict  2 training curves (He et al. 2016, Figure 6)  3 error against depth (with the
-    papers' numbers on CIFAR-10)  4 gradient flow  5 pre/post, basic/bottleneck, efficiency
-    6 hyperparameter sensitivity  7 every variant  8 failures  9 provenance
+    1 verdict  2 architecture search and 3 design spaces (studies with [[space]])
+    4 why (the final runs' diagnostics, and the gradient flow during training)
+    5 training curves (He et al. 2016, Figure 6)  6 error against depth (with the
+    papers' numbers on CIFAR-10)  7 pre/post, basic/bottleneck, efficiency
+    8 hyperparameter sensitivity  9 every variant  10 failures  11 provenance
 
 Sections a study cannot fill are left out. The page makes no network request: plotly.js is
 inlined once, MathJax is off, and a Content-Security-Policy allows nothing but the page's own
@@ -37,6 +39,7 @@ from ablate.report.search import search_section
 from ablate.report.figures import (CONFIG, FIG_HEIGHT, esc, fig_curves, fig_efficiency, fig_error_vs_depth,
                                    fig_gradient_flow, fig_iteration_curves, fig_pairs, fig_sensitivity, is_missing)
 from ablate.report.spaces import spaces_section
+from ablate.report.why import why_section
 from ablate.spec.paths import PathError, user_path
 from ablate.spec.variants import AXES
 from ablate.storage import flat
@@ -292,12 +295,13 @@ def _sections(data: StudyResults, figure: _Figure) -> list[tuple[str, str, str]]
     candidates = [
         ("verdict", "Verdict", _verdict_html(data)),
         ("search", "Architecture search", search_section(data.search, figure, _table)),
+        ("spaces", "Design spaces", spaces_section(data.spaces, figure)),
+        # The final runs' diagnostics, with the training-time gradient flow folded in (ablate.report.why)
+        ("why", "Why", why_section(data.why, figure, _table, _gradients_section(data, figure))),
         ("curves", "Training curves", _curves_section(data, figure)),
         ("depth", "Error against depth", _depth_section(data, figure)),
-        ("gradients", "Gradient flow", _gradients_section(data, figure)),
         ("pairs", "Paired comparisons and efficiency", _pairs_section(data, figure)),
         ("sensitivity", "Hyperparameter sensitivity", _sensitivity_section(data, figure)),
-        ("spaces", "Design spaces", spaces_section(data.spaces, figure)),
         ("variants", "Every variant", _variants_table(data) if len(data.summary) else ""),
         ("failures", "Failures", _failures_html(data) if failed else ""),
         ("provenance", "Provenance", _provenance_html(data)),

@@ -31,7 +31,7 @@ from ablate.engine.checkpoint import CheckpointWriteError, remove_stale
 from ablate.engine.data import Splits
 from ablate.engine.models import measure
 from ablate.engine.train import Epoch, Result, load_data, resolve_device, schedule, train, train_runs
-from ablate.runs import scheduling, stopping
+from ablate.runs import diagnose, scheduling, stopping
 from ablate.runs.options import GRACE_SECONDS, OptionError, check_grace, fuse_size, parse_fuse
 from ablate.runs.scheduling import Unit, study_units
 from ablate.runs.setup import create_or_check, distributions, space_distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
@@ -129,6 +129,7 @@ class _Job:
     history: list[dict[str, Any]] = field(default_factory=list)
     reported: set[int] = field(default_factory=set)
     start: float = field(default_factory=time.perf_counter)
+    diagnostics: dict[str, Any] | None = None  # a final run's, measured at initialisation (ablate.runs.diagnose)
 
 
 class Runner:
@@ -309,6 +310,8 @@ class Runner:
         job = _Job(trial, unit, recipe, self.ckpt_dir / checkpoint_name(unit, recipe))
         self.checkpoints[trial.number] = job.ckpt
         job.on_epoch = lambda e: self._on_epoch(job, e)
+        if unit.kind == "final":
+            job.diagnostics = diagnose.initial(self.study.diagnostics, unit.variant, recipe, self.data, unit.seed, self.device)
         self.progress.on_trial(unit, schedule(recipe, len(self.data.train.labels)).epochs)
         return job
 
@@ -430,6 +433,8 @@ class Runner:
             flat = outcomes.did_not_learn(result.train_error, len(data.train), result.test_error, len(data.test), data.info.classes)
             if flat is not None:
                 S.set_trial_attrs(trial, did_not_learn=flat)
+            S.set_trial_attrs(trial, diagnostics=diagnose.final(job.diagnostics, self.study.diagnostics, job.unit.variant,
+                                                                job.recipe, data, job.unit.seed, self.device, job.ckpt))
 
     def _finished(self, trial: FrozenTrial) -> None:
         # The trial is in the storage now; only then may its checkpoint go (a kill before this

@@ -85,3 +85,9 @@ def shown(value: object) -> str:
     if isinstance(value, int) and len(text) > 24:
         return f"{text[:12]}...({len(text)} digits)"
     return text
+
+#: Examples a final run's diagnostics use (ablate.spec.diagnostics): each lesioned block and each
+#: landscape point is one pass over them.
+MAX_DIAGNOSTIC_IMAGES = 65_536
+DIAGNOSTIC_IMAGES_REASON = ("every lesioned block and every landscape point is a pass over them; Li et al. 2018 and "
+                            "Veit et al. 2016 used the 50k-image CIFAR-10 training or 10k test set")

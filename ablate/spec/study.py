@@ -19,12 +19,13 @@ from typing import Any
 
 from ablate.spec import limits
 from ablate.spec.catalog import DATASETS, DatasetInfo, dataset_info
+from ablate.spec.diagnostics import Diagnostics, DiagnosticsError, parse_diagnostics
 from ablate.spec.owndata import OwnData, OwnDataError, scan_own_data
 from ablate.spec.recipe import ALTERNATIVES, Recipe, make_recipe, recipe_dict
 from ablate.spec.space import Sample, Space, SpaceError, parse_sample, parse_spaces
 from ablate.spec.variants import AXES, VariantSpec, make_variant
 
-TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds", "space", "sample")
+TOP_LEVEL = ("name", "description", "dataset", "fixed", "grid", "variant", "train", "search", "seeds", "space", "sample", "diagnostics")
 #: Recipe keys a [search] may tune, and how: the data and the budget (epochs) stay fixed so that
 #: every variant and every trial is measured on the same footing.
 SEARCHABLE = {
@@ -100,6 +101,8 @@ class Study:
     spaces: tuple[Space, ...] = ()
     sample: Sample | None = None
     own_data: OwnData | None = None  # a [dataset] table's folder or .npz file; `dataset` is then its name
+    #: the "why" measurements of every final run (ablate.spec.diagnostics); not part of `definition`
+    diagnostics: Diagnostics = Diagnostics()
 
     @property
     def is_search(self) -> bool:
@@ -245,7 +248,15 @@ def parse_study(text: str, path: str = "<study>") -> Study:
     return Study(
         name=name, description=description, dataset=dataset, variants=variants, source=text, path=path,
         recipe=recipe, search=search, seeds=seeds, first_seed=first_seed, overrides=overrides, own_data=own,
+        diagnostics=_diagnostics(where, doc),
     )
+
+
+def _diagnostics(where: str, doc: dict[str, Any]) -> Diagnostics:
+    try:
+        return parse_diagnostics(doc.get("diagnostics"))
+    except DiagnosticsError as exc:
+        raise StudyError(f"{where}: {exc}") from None
 
 
 def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, description: str, dataset: str,
@@ -278,7 +289,8 @@ def _parse_space_study(where: str, doc: dict[str, Any], text: str, name: str, de
     # [seeds]: the final runs of each finalist (the best `finalists`, or the Pareto set: at most every sample).
     seeds, first_seed = _seeds(where, doc, sample.count * len(spaces) if sample.multi else sample.finalists, None)
     return Study(name=name, description=description, dataset=dataset, variants=(), source=text, path=where,
-                 recipe=recipe, spaces=spaces, sample=sample, own_data=own, seeds=seeds, first_seed=first_seed)
+                 recipe=recipe, spaces=spaces, sample=sample, own_data=own, seeds=seeds, first_seed=first_seed,
+                 diagnostics=_diagnostics(where, doc))
 
 
 def _read_toml(where: str, text: str) -> dict[str, Any]:

@@ -189,6 +189,8 @@ class TrialAttrs:
     # a sample whose architecture was trained before: not trained again; the number of the trial
     # that trained it, whose values this trial gave the sampler (ablate.runs.runner)
     duplicate_of: int | None = _key("duplicate_of")
+    #: a final run's "why" measurements (ablate.engine.diagnostics): {"settings", "init", "lesion", "landscape", "error"}
+    diagnostics: dict[str, Any] | None = _key("diagnostics")
     # how it ended, when not well (ablate.outcomes)
     failure: str | None = _key("failure")
     failure_kind: str | None = _key("failure_kind")
