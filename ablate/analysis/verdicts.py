@@ -19,7 +19,7 @@ import pandas as pd
 
 from ablate.analysis import stats
 from ablate.analysis.format import ci_text, p_short, p_text, pct, points, seeds_text, signed
-from ablate.analysis.frames import CURVE_AXES, finals
+from ablate.analysis.frames import finals
 from ablate.analysis.papers import paper_error
 from ablate.analysis.summary import FAMILY_AXES, SUMMARY_STATS, family_label, groups, pairs
 from ablate.spec.recipe import DATA_ORDER_KEYS

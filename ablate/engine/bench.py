@@ -16,10 +16,8 @@ disk with random images of their shape.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass

@@ -11,7 +11,6 @@ autocast with channels_last and cuDNN autotuning; on CPU the same code runs in f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass

@@ -59,17 +59,13 @@ def _sides(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> go.Figure:
+    """The report's common layout (the search, spaces and why sections draw with it too)."""
     fig.update_layout(
         title={"text": esc(title), "x": 0.01, "xanchor": "left", "font": {"size": 15}},
         template="plotly_white", height=height, margin={"l": 60, "r": 20, "t": 70, "b": 50},
         legend={"orientation": "v", "x": 1.01, "y": 1}, hovermode="closest", **kw,
     )
     return fig
-
-
-def layout(fig: go.Figure, title: str, height: int = FIG_HEIGHT, **kw: Any) -> go.Figure:
-    """The report's common layout (ablate.report.why draws with it too)."""
-    return _layout(fig, title, height, **kw)
 
 
 def _std(series: pd.Series) -> list[float | None]:

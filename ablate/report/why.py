@@ -17,7 +17,7 @@ from ablate.analysis.format import signed
 from ablate.analysis.why import Why
 from ablate.report.figures import depth_colours as _depth_colours
 from ablate.report.figures import esc, is_missing
-from ablate.report.figures import layout as _layout
+from ablate.report.figures import layout
 
 __all__ = ["why_section", "fig_init_gradients", "fig_signal_propagation", "fig_gradient_correlation", "fig_lesion",
            "fig_landscape", "fig_landscape_2d"]
@@ -59,7 +59,7 @@ def fig_init_gradients(layers: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(type="log")
     fig.update_yaxes(title_text="gradient L2 norm", col=1)
     fig.update_xaxes(title_text="layer (1 = the stem's conv)")
-    return _layout(fig, "At initialisation: gradient norm per layer (mean over seeds)")
+    return layout(fig, "At initialisation: gradient norm per layer (mean over seeds)")
 
 
 def fig_signal_propagation(blocks: pd.DataFrame) -> go.Figure:
@@ -74,7 +74,7 @@ def fig_signal_propagation(blocks: pd.DataFrame) -> go.Figure:
     _lines(fig, blocks, sides, "index", "mean_sq", row=2, legend=False)
     fig.update_yaxes(type="log")
     fig.update_xaxes(title_text="block", row=2)
-    return _layout(fig, "At initialisation: signal propagation per block (mean over seeds)", height=640)
+    return layout(fig, "At initialisation: signal propagation per block (mean over seeds)", height=640)
 
 
 def fig_gradient_correlation(lags: pd.DataFrame) -> go.Figure:
@@ -85,7 +85,7 @@ def fig_gradient_correlation(lags: pd.DataFrame) -> go.Figure:
         fig.add_hline(y=0.5, line={"color": "#888", "dash": "dot"}, row=1, col=col)
     fig.update_yaxes(title_text="gradient correlation", col=1)
     fig.update_xaxes(title_text="lag (inputs along the line)")
-    return _layout(fig, "At initialisation: shattered gradients (mean over seeds, 95% interval)")
+    return layout(fig, "At initialisation: shattered gradients (mean over seeds, 95% interval)")
 
 
 def fig_lesion(lesion: pd.DataFrame) -> go.Figure:
@@ -96,7 +96,7 @@ def fig_lesion(lesion: pd.DataFrame) -> go.Figure:
     _lines(fig, frame, sides, "position", "increase", band=True)
     fig.update_yaxes(title_text="test error increase (points)", col=1)
     fig.update_xaxes(title_text="removed block (those whose shapes match, in order)")
-    return _layout(fig, "After training: one block removed (mean over seeds, 95% interval)")
+    return layout(fig, "After training: one block removed (mean over seeds, 95% interval)")
 
 
 def fig_landscape(land: pd.DataFrame) -> go.Figure:
@@ -114,7 +114,7 @@ def fig_landscape(land: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="training loss", col=1)
     fig.update_xaxes(title_text="step along the direction (filter-normalised)", row=1)
     fig.update_xaxes(title_text="interpolation (0 initial, 1 final)", row=2)
-    return _layout(fig, "After training: the loss landscape (mean over seeds)", height=640)
+    return layout(fig, "After training: the loss landscape (mean over seeds)", height=640)
 
 
 def fig_landscape_2d(two: pd.DataFrame) -> go.Figure:
@@ -129,7 +129,7 @@ def fig_landscape_2d(two: pd.DataFrame) -> go.Figure:
         g = frame[frame["connection"] == side].pivot_table(index="beta", columns="alpha", values="loss")
         fig.add_trace(go.Contour(x=list(g.columns), y=list(g.index), z=g.values.tolist(), showscale=col == len(sides),
                                  colorscale="Viridis", contours={"coloring": "lines", "showlabels": True}), row=1, col=col)
-    return _layout(fig, "After training: the loss on a 2-D slice (mean over seeds)")
+    return layout(fig, "After training: the loss on a 2-D slice (mean over seeds)")
 
 
 def _summary_table(why: Why, table: Callable[..., str]) -> str:

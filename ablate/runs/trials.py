@@ -11,7 +11,7 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState

@@ -20,19 +20,12 @@ write) through it, so none of them can drift from the others. Adding an axis is 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import random
-import re
 import socket
-import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ablate import failpoints
 from ablate.spec.recipe import recipe_dict
 from ablate.spec.variants import AXES, VariantSpec, make_variant
 
@@ -40,9 +33,7 @@ __all__ = ['StorageError', 'trial_key', 'spec_params', 'spec_from_params', 'axis
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.trial import FrozenTrial
 
-    from ablate.spec.study import Study
 
 DEFAULT_STORAGE = "sqlite:///ablate.db"
 SQLITE_BUSY_SECONDS = 60  # how long a worker waits for SQLite's write lock before giving up

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ablate import failpoints
 from ablate.spec.paths import user_path
-from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAGE_RETRY_SECONDS, StorageError, TrialAttrs, trial_key
-from ablate.storage.outcomes import TrialRecord, failure_kind, record
+from ablate.storage.contract import DEFAULT_STORAGE, SQLITE_BUSY_SECONDS, STORAGE_RETRY_SECONDS, StorageError, trial_key
+from ablate.storage.outcomes import TrialRecord, record
 from ablate.storage.retry import Retrier, one_line, retrier, retrying_storage_class
 
 __all__ = ['safe_url', 'one_line', 'sqlite_path', 'in_memory', 'storage_url', 'backend', 'open_storage', 'heartbeat_interval', 'Candidate', 'Claimed', 'claim', 'trial_id', 'rdb_of', 'heartbeats', 'retrier']
