@@ -31,7 +31,7 @@ from ablate.storage import StudyAttrs, TrialAttrs, outcomes
 __all__ = ["SAMPLE_COLUMNS", "SearchResults", "objectives_of", "samples_table", "hypervolume_curve", "importances",
            "finalists_table", "search_results", "sampled_axes"]
 
-SAMPLE_COLUMNS = ("number", "space", "name", *AXES, "params", "macs", "val_error", "test_error", "feasible", "pareto",
+SAMPLE_COLUMNS = ("number", "space", "name", *AXES, "params", "macs", "val_error", "epochs", "test_error", "feasible", "pareto",
                   "best", "state", "duplicate_of", "failure_kind", "failure")
 
 
@@ -59,6 +59,16 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def _val_error(t: optuna.trial.FrozenTrial, a: TrialAttrs) -> float:
+    """A sample's validation error: at its end; for one pruned before it ended, at the last epoch
+    it reported (its `epochs` column says which; the front and `best` take COMPLETE samples only)."""
+    if isinstance(a.val_error, (int, float)) and not isinstance(a.val_error, bool):
+        return float(a.val_error)
+    if t.state.name == "PRUNED" and t.intermediate_values:
+        return float(t.intermediate_values[max(t.intermediate_values)])
+    return math.nan
+
+
 def samples_table(study: optuna.Study) -> pd.DataFrame:
     """One row per sampled architecture (empty for a study that is not a search). `feasible`: it
     was trained (not over the budget, not sampled before: a repeat has `duplicate_of`, the trial
@@ -76,7 +86,8 @@ def samples_table(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "number": t.number, "space": a.space, "name": a.variant,
             **{axis: ("-".join(map(str, spec[axis])) if axis == "blocks" and spec.get(axis) else spec.get(axis)) for axis in AXES},
-            "params": _number(a.params), "macs": _number(a.macs), "val_error": _number(a.val_error),
+            "params": _number(a.params), "macs": _number(a.macs), "val_error": _val_error(t, a),
+            "epochs": len(a.history or ()) or len(t.intermediate_values),
             "test_error": _number(a.test_error),
             "feasible": kind not in outcomes.NOT_TRAINED and a.variant is not None and a.duplicate_of is None,
             "state": t.state.name, "duplicate_of": a.duplicate_of, "failure_kind": kind, "failure": a.failure,

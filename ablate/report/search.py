@@ -24,8 +24,9 @@ def _trained(s: pd.DataFrame) -> pd.DataFrame:
 
 
 def _hover(g: pd.DataFrame) -> list[str]:
-    return [esc(f"{n} (trial {k}): {pct(e)} validation error, {human(m)} MACs, {human(p)} params{' (pruned)' if st == 'PRUNED' else ''}")
-            for n, k, e, m, p, st in zip(g["name"], g["number"], g["val_error"], g["macs"], g["params"], g["state"])]
+    return [esc(f"{n} (trial {k}): {pct(e)} validation error, {human(m)} MACs, {human(p)} params"
+                + (f" (pruned after epoch {ep})" if st == "PRUNED" else ""))
+            for n, k, e, m, p, st, ep in zip(g["name"], g["number"], g["val_error"], g["macs"], g["params"], g["state"], g["epochs"])]
 
 
 def fig_search_cost(r: SearchResults) -> go.Figure:
@@ -80,8 +81,10 @@ def fig_hypervolume(r: SearchResults) -> go.Figure | None:
 
 
 def fig_axes(r: SearchResults) -> go.Figure | None:
-    """Validation error by the value of each sampled axis: every trained sample as a point, with its box."""
+    """Validation error by the value of each sampled axis: every sample trained to the end as a
+    point, with its box (a pruned sample's error is from fewer epochs)."""
     trained = _trained(r.samples)
+    trained = trained[trained["state"] == "COMPLETE"]
     axes = [a for a in r.axes if a in trained.columns and trained[a].astype(str).nunique() > 1]
     if trained.empty or not axes:
         return None
