@@ -71,6 +71,7 @@ def _print_search(results: StudyResults, title: str) -> None:
     for note in results.notes:
         err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     print_verdicts(results)
+    print_spaces(results)
 
 
 def print_verdicts(results: StudyResults) -> None:
