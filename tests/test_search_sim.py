@@ -41,6 +41,10 @@ max_macs = {max_macs}
 {extra}
 [seeds]
 count = 2
+[diagnostics]  # nothing is trained here, so there is nothing to measure
+init = false
+lesion = false
+landscape = "none"
 [train]
 epochs = 3
 train_subset = 256

@@ -12,6 +12,7 @@ report's "Architecture search" section draws.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -166,9 +167,13 @@ def importances(study: optuna.Study, axes: list[str]) -> tuple[pd.DataFrame, str
             # samples. Optuna's fANOVA default needs scikit-learn; PED-ANOVA does not, and is made for
             # few trials. At least 5 samples above the quantile, as its docs advise.
             quantile = min(0.5, max(0.1, 5 / len(trials)))
-            imp = optuna.importance.get_param_importances(
-                view, params=varied, evaluator=optuna.importance.PedAnovaImportanceEvaluator(
-                    target_quantile=quantile, region_quantile=1.0))
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator
+            # Optuna 5 names the quantile `target_quantile` and the whole space `region_quantile = 1`;
+            # Optuna 4 `baseline_quantile` and `evaluate_on_local = False`.
+            options = ({"target_quantile": quantile, "region_quantile": 1.0}
+                       if "target_quantile" in inspect.signature(evaluator).parameters
+                       else {"baseline_quantile": quantile, "evaluate_on_local": False})
+            imp = optuna.importance.get_param_importances(view, params=varied, evaluator=evaluator(**options))
         except (RuntimeError, ValueError) as exc:
             return pd.DataFrame(columns=["axis", "importance"]), f"Optuna could not compute them: {exc}"
     return pd.DataFrame({"axis": list(imp), "importance": [float(v) for v in imp.values()]}), None
