@@ -34,7 +34,7 @@ from ablate.engine.train import Epoch, Result, load_data, resolve_device, schedu
 from ablate.runs import diagnose, scheduling, stopping
 from ablate.runs.options import GRACE_SECONDS, OptionError, check_grace, fuse_size, parse_fuse
 from ablate.runs.scheduling import Unit, study_units
-from ablate.runs.setup import create_or_check, distributions, space_distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
+from ablate.runs.setup import create_or_check, distributions, expected_units, space_distributions, fixed_params, objective_metric, param_keys, suggest, trial_recipe, versions
 from ablate.runs.trials import reap, run_group, run_trial
 from ablate.spec import limits
 from ablate.spec.paths import usable_dir, user_path
@@ -192,12 +192,6 @@ class Runner:
         self.units = study_units(self.study, records)
         self.by_key = {u.key: u for u in self.units}
 
-    def _expected_units(self) -> int:
-        """Units in all, as far as known: a single-objective search's final runs are counted ahead."""
-        sample = self.study.sample
-        if sample is None or sample.multi or any(u.kind == "final" for u in self.units):
-            return len(self.units)
-        return len(self.units) + sample.finalists * self.study.seeds
 
     def _start(self) -> None:
         reap(self.ostudy, self.storage, self.grace)
@@ -207,7 +201,7 @@ class Runner:
         clean_checkpoints(self.ckpt_dir, set(done))
         if self.retry_failed:
             self.retry = {k: r.number for k, r in scheduling.failed_units(records).items()}
-        self.progress.on_start(self._expected_units(), len(done) - len(self.retry))
+        self.progress.on_start(expected_units(self.study) or len(self.units), len(done) - len(self.retry))
 
     def _claim_and_run(self, plan: scheduling.Plan) -> bool:
         """Claim what the plan offers (final runs of one variant together, up to the fused

@@ -24,7 +24,7 @@ from ablate.runs.scheduling import Unit, study_units
 from ablate.spec.recipe import Recipe, input_info, recipe_dict
 from ablate.spec.study import Study, definition, growth
 
-__all__ = ["space_distributions", "directions", "metric_names", "TrialSeeded", "distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest", "sampler_for", "pruner_for",
+__all__ = ["expected_units", "space_distributions", "directions", "metric_names", "TrialSeeded", "distributions", "fixed_params", "param_keys", "trial_recipe", "objective_metric", "versions", "suggest", "sampler_for", "pruner_for",
            "PerVariantSampler", "PerVariantPruner", "PerSpaceSampler", "axis_value", "same_variant", "create_or_check", "study_attrs"]
 
 
@@ -405,7 +405,7 @@ def create_or_check(study: Study, storage: optuna.storages.RDBStorage) -> optuna
     return ostudy
 
 
-def _units_expected(study: Study) -> int | None:
+def expected_units(study: Study) -> int | None:
     """Units in all: a search's final runs counted ahead when one objective fixes how many
     finalists there are; None when the Pareto set (unknown until sampled) decides it."""
     if study.sample is None:
@@ -427,5 +427,5 @@ def study_attrs(study: Study) -> S.StudyAttrs:
         ablate_version=__version__, study_file=study.source, study_path=study.path, description=study.description,
         dataset=study.dataset, definition=definition(study), variants=rows, recipe=recipe_dict(study.recipe),
         search=study.search.describe() if study.search else None, seeds=study.seeds, first_seed=study.first_seed,
-        units=_units_expected(study), objective=objective_metric(study),
+        units=expected_units(study), objective=objective_metric(study),
     )
